@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
@@ -223,6 +224,14 @@ class FeatureCache:
             return self.rows[name]
         except KeyError:
             raise KeyError(f"image {name!r} is not in the feature cache {self.path}") from None
+
+    def as_tensor(self) -> torch.Tensor:
+        """The whole cache as a read-only fp16 tensor over the memory map (no copy):
+        rows are paged in by the OS as they are indexed."""
+        with warnings.catch_warnings():
+            # The memmap is opened read-only on purpose; torch warns about that.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self._data)
 
     def take(self, rows: Sequence[int] | torch.Tensor | np.ndarray) -> torch.Tensor:
         """float32 features of the given row numbers, [B,P,C]."""

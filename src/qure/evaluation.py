@@ -1,0 +1,115 @@
+"""Score benchmark splits with a backbone and compute each dataset's reference metrics.
+
+Everything starts from frozen image features (a :class:`FeatureTable`), exactly as the
+trainer does, so evaluation during training and stand-alone evaluation agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from qure.data.base import CIRSplit
+from qure.metrics import circo_metrics, cirr_metrics, fashioniq_metrics
+
+#: The single number each dataset's papers lead with (and model selection uses).
+HEADLINE_METRIC = {"fashioniq": "average_recall", "cirr": "avg", "circo": "mAP@10"}
+
+
+@dataclass
+class FeatureTable:
+    """Frozen image features in memory: ``features[i]`` belongs to ``names[i]``."""
+
+    names: list[str]
+    features: torch.Tensor  # [n, P, C]
+
+    def __post_init__(self) -> None:
+        if self.features.shape[0] != len(self.names):
+            raise ValueError(f"{len(self.names)} names but {self.features.shape[0]} "
+                             "feature rows")
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
+    def rows(self, names: Sequence[str]) -> torch.Tensor:
+        index = self.index
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) have no frozen features, e.g. "
+                           f"{missing[:3]}; rebuild the feature cache")
+        return torch.tensor([index[n] for n in names], dtype=torch.long)
+
+    def __getitem__(self, names: Sequence[str]) -> torch.Tensor:
+        return self.features[self.rows(names)].float()
+
+
+@torch.inference_mode()
+def encode_queries(backbone, table: FeatureTable, references: Sequence[str],
+                   texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """[Q, D] query embeddings, batched."""
+    device = backbone.temp.device
+    out = [backbone.encode_queries(table[references[i:i + batch_size]].to(device),
+                                   list(texts[i:i + batch_size]))
+           for i in range(0, len(references), batch_size)]
+    return torch.cat(out).float().cpu()
+
+
+@torch.inference_mode()
+def encode_gallery(backbone, table: FeatureTable, names: Sequence[str],
+                   batch_size: int = 256) -> torch.Tensor:
+    """[N, T, D] per-token image embeddings, batched."""
+    device = backbone.temp.device
+    out = [backbone.encode_images(table[names[i:i + batch_size]].to(device))
+           for i in range(0, len(names), batch_size)]
+    return torch.cat(out).float().cpu()
+
+
+@torch.inference_mode()
+def split_scores(backbone, table: FeatureTable, split: CIRSplit,
+                 batch_size: int = 256) -> torch.Tensor:
+    """[Q, N] scores of a split's queries against its gallery (no temperature)."""
+    queries = encode_queries(backbone, table, [q.reference for q in split],
+                             [q.text for q in split], batch_size)
+    gallery = encode_gallery(backbone, table, split.gallery.names, batch_size)
+    return backbone.score(queries, gallery).float()
+
+
+def metrics_from_scores(scores: Mapping[str, torch.Tensor],
+                        splits: Sequence[CIRSplit]) -> dict[str, float]:
+    """Reference metrics of one dataset's splits, given each split's [Q, N] scores.
+
+    ``scores`` is keyed by :attr:`CIRSplit.name`. FashionIQ categories are combined into
+    the category averages; CIRR and CIRCO take one split.
+    """
+    datasets = {s.dataset for s in splits}
+    if len(datasets) != 1:
+        raise ValueError(f"evaluate one dataset at a time, got {sorted(datasets)}")
+    dataset = datasets.pop()
+    if dataset == "fashioniq":
+        return fashioniq_metrics({s.category: (scores[s.name], s.target_indices())
+                                  for s in splits})
+    if len(splits) != 1:
+        raise ValueError(f"{dataset}: expected one split, got {len(splits)}")
+    (split,) = splits
+    if dataset == "cirr":
+        return cirr_metrics(scores[split.name], split.target_indices(),
+                            split.reference_indices(), split.member_indices())
+    if dataset == "circo":
+        return circo_metrics(scores[split.name], split.ground_truth_indices())
+    raise ValueError(f"no metrics defined for dataset {dataset!r}")
+
+
+def evaluate(backbone, table: FeatureTable, splits: Sequence[CIRSplit],
+             batch_size: int = 256) -> dict[str, float]:
+    """Score every split and return the dataset's metrics (see :func:`metrics_from_scores`)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        scores = {s.name: split_scores(backbone, table, s, batch_size) for s in splits}
+    finally:
+        backbone.train(was_training)
+    return metrics_from_scores(scores, splits)

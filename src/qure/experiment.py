@@ -1,0 +1,147 @@
+"""Glue shared by the workflow's command-line steps: open benchmarks, pretrain the mini
+frozen encoder, cache frozen features, build backbones and the oracle's relevance.
+
+Each function takes explicit paths and settings (nothing is read from the environment or
+a default location), so the same calls serve the synthetic default and real data.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qure.data import open_dataset
+from qure.data.base import CIRSplit
+from qure.errors import MissingImageError
+from qure.evaluation import FeatureTable
+from qure.io import atomic_write_bytes
+from qure.models import (
+    MiniBlip2Backbone,
+    PatchEncoder,
+    PatchEncoderConfig,
+    QFormerConfig,
+    WordTokenizer,
+    pretrain_image_encoder,
+)
+from qure.models.feature_cache import FeatureCache, build_feature_cache, image_loader
+from qure.models.preprocess import load_image, simple_transform
+from qure.training.data import TrainingData
+
+log = logging.getLogger(__name__)
+
+#: Splits used for training and validation per dataset (FashionIQ: every category).
+TRAIN_SPLIT = {"fashioniq": "train", "cirr": "train"}
+VAL_SPLIT = {"fashioniq": "val", "cirr": "val", "circo": "val"}
+
+
+def load_splits(dataset: str, root: str | Path, split: str,
+                **options: Any) -> list[CIRSplit]:
+    """Every category of ``split`` (one entry for datasets without categories)."""
+    benchmark = open_dataset(dataset, root, **options)
+    return [benchmark.load_split(split, category) for category in benchmark.categories]
+
+
+def split_images(splits: Iterable[CIRSplit]) -> list[str]:
+    """Gallery and query images of the splits, each once, in first-seen order."""
+    names: dict[str, None] = {}
+    for split in splits:
+        names.update(dict.fromkeys(split.gallery.names))
+        names.update(dict.fromkeys(split.query_images()))
+    return list(names)
+
+
+def image_locator(splits: Sequence[CIRSplit]) -> Callable[[str], Path]:
+    """``name -> image file`` over the splits' galleries; raises naming what is missing."""
+
+    def locate(name: str) -> Path:
+        tried: list[Path] = []
+        for split in splits:
+            if name in split.gallery:
+                found = split.gallery.find(name)
+                if found is not None:
+                    return found
+                tried.extend(split.gallery.locate(name))
+        raise MissingImageError(name, tried)
+
+    return locate
+
+
+def attribute_caption(attributes: Mapping[str, str]) -> str:
+    """A plain caption of an image's attributes for encoder pretraining."""
+    return " ".join(f"{value} {name}" for name, value in attributes.items())
+
+
+# --- the mini frozen encoder ---------------------------------------------------------------
+
+def load_image_tensor(names: Sequence[str], locate: Callable[[str], Path],
+                      image_size: int) -> torch.Tensor:
+    transform = simple_transform(image_size)
+    return torch.stack([transform(load_image(locate(name))) for name in names])
+
+
+def pretrain_encoder(images: torch.Tensor, captions: Sequence[str], *, epochs: int,
+                     batch_size: int, lr: float, seed: int,
+                     progress: bool = True) -> tuple[PatchEncoder, dict[str, Any]]:
+    """Image-caption contrastive pretraining of the mini encoder (then frozen)."""
+    config = PatchEncoderConfig(image_size=int(images.shape[-1]))
+    return pretrain_image_encoder(images, captions, epochs=epochs, batch_size=batch_size,
+                                  lr=lr, seed=seed, progress=progress, config=config)
+
+
+def save_encoder(path: str | Path, encoder: PatchEncoder, history: Mapping[str, Any]) -> Path:
+    payload = {"config": encoder.config.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+               "history": dict(history)}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_encoder(path: str | Path) -> PatchEncoder:
+    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+    encoder = PatchEncoder(PatchEncoderConfig(**payload["config"]))
+    encoder.load_state_dict(payload["state_dict"], strict=True)
+    return encoder.freeze()
+
+
+def mini_backbone(encoder: PatchEncoder, texts: Iterable[str] = (), *, seed: int = 0,
+                  single_vector: bool = False,
+                  qformer: Mapping[str, Any] | None = None) -> MiniBlip2Backbone:
+    """The mini BLIP-2 over a frozen ``encoder``; its vocabulary comes from ``texts``."""
+    torch.manual_seed(seed)
+    tokenizer = WordTokenizer.from_corpus(texts)
+    config = QFormerConfig.from_dict(dict(qformer)) if qformer else None
+    return MiniBlip2Backbone(tokenizer, image_encoder=encoder, qformer=config,
+                             single_vector=single_vector)
+
+
+def preprocess_config(encoder: PatchEncoder) -> dict[str, Any]:
+    return simple_transform(encoder.config.image_size).config
+
+
+def extract_features(path: str | Path, names: Sequence[str], locate: Callable[[str], Path],
+                     encoder: PatchEncoder, *, batch_size: int = 128,
+                     progress: bool = True) -> FeatureCache:
+    """Frozen features of every name, cached (fp16, memory-mapped) at ``path``."""
+    backbone = mini_backbone(encoder)
+    transform = simple_transform(encoder.config.image_size)
+    return build_feature_cache(path, names, image_loader(locate, transform), backbone,
+                               transform.config, batch_size=batch_size, progress=progress)
+
+
+def feature_table(cache: FeatureCache) -> FeatureTable:
+    """The cache as the trainer and evaluator read it (fp16 rows over the memory map)."""
+    return FeatureTable(list(cache.names), cache.as_tensor())
+
+
+# --- the oracle ------------------------------------------------------------------------------
+
+def training_relevance(oracle: Any, data: TrainingData, split: str = "train") -> torch.Tensor:
+    """[Q, N] oracle relevance of corpus columns to training queries, within the group."""
+    relevant = oracle.relevance_matrix(split, data.query_ids, data.corpus)
+    return relevant & (data.query_group[:, None] == data.corpus_group[None, :])

@@ -1,0 +1,1 @@
+"""QuRe's training engine: data assembly, negative sampling, schedule and the trainer."""
