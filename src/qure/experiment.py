@@ -18,8 +18,8 @@ import torch
 from qure.data import open_dataset
 from qure.data.base import CIRSplit
 from qure.errors import MissingImageError
-from qure.evaluation import FeatureTable
-from qure.io import atomic_write_bytes
+from qure.evaluation import HEADLINE_METRIC, FeatureTable, evaluate
+from qure.io import atomic_write_bytes, atomic_write_json
 from qure.models import (
     MiniBlip2Backbone,
     PatchEncoder,
@@ -27,10 +27,12 @@ from qure.models import (
     QFormerConfig,
     WordTokenizer,
     pretrain_image_encoder,
+    save_backbone,
 )
 from qure.models.feature_cache import FeatureCache, build_feature_cache, image_loader
 from qure.models.preprocess import load_image, simple_transform
 from qure.training.data import TrainingData
+from qure.training.trainer import TrainConfig, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +147,99 @@ def training_relevance(oracle: Any, data: TrainingData, split: str = "train") ->
     """[Q, N] oracle relevance of corpus columns to training queries, within the group."""
     relevant = oracle.relevance_matrix(split, data.query_ids, data.corpus)
     return relevant & (data.query_group[:, None] == data.corpus_group[None, :])
+
+
+# --- whole steps, as the workflow runs them ----------------------------------------------------
+
+def benchmark_oracle(root: str | Path) -> Any | None:
+    """The synthetic benchmark's relevance oracle, or None for real data."""
+    from qure.synthetic.oracle import ORACLE_FILE, load_oracle
+
+    return load_oracle(root) if (Path(root) / ORACLE_FILE).is_file() else None
+
+
+def pretrain_encoder_step(benchmarks: Mapping[str, str | Path], out: str | Path, *,
+                          image_size: int, epochs: int, batch_size: int, lr: float,
+                          seed: int, progress: bool = True) -> dict[str, Any]:
+    """Pretrain the mini frozen encoder on the training images of synthetic benchmarks.
+
+    Captions come from each benchmark's oracle (the attributes drawn in each image), so
+    this step exists only for the synthetic profile; the paper profile uses CLIP ViT-L.
+    """
+    images: list[torch.Tensor] = []
+    captions: list[str] = []
+    for dataset, root in benchmarks.items():
+        oracle = benchmark_oracle(root)
+        if oracle is None:
+            raise ValueError(f"{root}: pretraining the mini encoder needs a synthetic "
+                             "benchmark (oracle.json with image attributes)")
+        splits = load_splits(dataset, root, TRAIN_SPLIT[dataset])
+        names = split_images(splits)
+        images.append(load_image_tensor(names, image_locator(splits), image_size))
+        captions.extend(attribute_caption(oracle.attributes_of(n)) for n in names)
+        log.info("%s: %d training images for encoder pretraining", dataset, len(names))
+    encoder, history = pretrain_encoder(torch.cat(images), captions, epochs=epochs,
+                                        batch_size=batch_size, lr=lr, seed=seed,
+                                        progress=progress)
+    save_encoder(out, encoder, history)
+    return history
+
+
+def features_step(dataset: str, root: str | Path, encoder_path: str | Path,
+                  out: str | Path, *, batch_size: int = 128,
+                  progress: bool = True) -> FeatureCache:
+    """Cache frozen features of every image of every split the dataset has on disk."""
+    benchmark = open_dataset(dataset, root)
+    splits = [benchmark.load_split(s, c) for s, c in benchmark.subsets()]
+    return extract_features(out, split_images(splits), image_locator(splits),
+                            load_encoder(encoder_path), batch_size=batch_size,
+                            progress=progress)
+
+
+def train_step(dataset: str, root: str | Path, features: str | Path,
+               encoder_path: str | Path, out_dir: str | Path, config: TrainConfig, *,
+               single_vector: bool = False, qformer: Mapping[str, Any] | None = None,
+               progress: bool = True) -> dict[str, Any]:
+    """Train one (dataset, method, strategy, backbone variant) run and summarise it.
+
+    Writes under ``out_dir``: ``checkpoint.pt`` (resume state, every epoch),
+    ``epochs.jsonl`` (per-epoch history), ``snapshots/`` (score rows for the steepness
+    figures), ``model.pt`` (the final backbone) and ``metrics.json`` (the summary this
+    function returns). A run interrupted at any point resumes from its last epoch.
+    """
+    out_dir = Path(out_dir)
+    train_splits = load_splits(dataset, root, TRAIN_SPLIT[dataset])
+    val_splits = load_splits(dataset, root, VAL_SPLIT[dataset])
+    encoder = load_encoder(encoder_path)
+    backbone = mini_backbone(encoder, (q.text for s in train_splits for q in s),
+                             seed=config.seed, single_vector=single_vector, qformer=qformer)
+    cache = FeatureCache.open_for(features, backbone, preprocess_config(encoder))
+    table = feature_table(cache)
+    data = TrainingData.from_splits(train_splits)
+    oracle = benchmark_oracle(root)
+    relevant = training_relevance(oracle, data) if oracle is not None else None
+    untrained = evaluate(backbone, table, val_splits)
+    trainer = Trainer(backbone, data, table, config, out_dir, val_splits=val_splits,
+                      relevant=relevant, progress=progress)
+    history = trainer.fit()
+    headline = HEADLINE_METRIC[dataset]
+    best = max(history, key=lambda r: r["val"][headline])
+    summary = {
+        "dataset": dataset,
+        "profile": "synthetic" if oracle is not None else "real",
+        "backbone": {"name": backbone.name, "single_vector": single_vector,
+                     "parameters": backbone.parameter_counts()},
+        "config": config.to_dict(),
+        "headline_metric": headline,
+        "untrained": untrained,
+        "final": history[-1]["val"],
+        "best_epoch": best["epoch"],
+        "best": best["val"],
+        "epochs": len(history),
+        "train_seconds": round(sum(r["seconds"] for r in history), 3),
+        "train_queries": len(data),
+        "corpus_images": data.num_columns,
+    }
+    save_backbone(out_dir / "model.pt", backbone, extra={"summary": summary})
+    atomic_write_json(out_dir / "metrics.json", summary)
+    return summary

@@ -1,0 +1,61 @@
+"""Train one run: QuRe or the contrastive baseline, one hard-negative strategy, on the
+mini BLIP-2 backbone over cached frozen features. Resumes from OUT/checkpoint.pt.
+
+Example: python workflow_scripts/train.py --dataset fashioniq --root DIR/fashioniq
+    --features results/features/fashioniq.npy --encoder results/encoder/mini.pt
+    --train-config config/train_qure.yaml --out results/runs/fashioniq/qure
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from qure.cli import read_mapping, reports_errors, setup_logging
+from qure.experiment import TRAIN_SPLIT, train_step
+from qure.training.trainer import TrainConfig
+
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=list(TRAIN_SPLIT))
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--features", required=True, help="feature cache (.npy)")
+    parser.add_argument("--encoder", required=True, help="frozen encoder checkpoint (.pt)")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--train-config", default=None,
+                        help="YAML/JSON mapping of training settings (TrainConfig keys)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override one training setting, e.g. --set epochs=20")
+    parser.add_argument("--single-vector", action="store_true",
+                        help="BLIP-style single image vector instead of 8 query tokens")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    values = read_mapping(args.train_config) if args.train_config else {}
+    for item in args.set:
+        key, _, raw = item.partition("=")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    config = TrainConfig.from_dict(values)
+    summary = train_step(args.dataset, args.root, args.features, args.encoder, args.out,
+                         config, single_vector=args.single_vector,
+                         progress=not args.no_progress)
+    headline = summary["headline_metric"]
+    print(json.dumps({"out": args.out, headline: summary["final"][headline],
+                      "untrained": summary["untrained"][headline],
+                      "best_epoch": summary["best_epoch"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
