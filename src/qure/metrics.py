@@ -80,6 +80,17 @@ def _as_index(index: Array, name: str, shape: tuple[int, ...], n_columns: int,
     return tensor
 
 
+def _as_members(member_index: Array, n_queries: int, n_columns: int,
+                device: torch.device) -> torch.Tensor:
+    """[Q, M] member columns (``-1`` = padding), checked like any other index."""
+    members = torch.as_tensor(member_index)
+    if members.dim() != 2 or members.shape[0] != n_queries:
+        raise ValueError(f"member_index must have shape [{n_queries}, n_members], got "
+                         f"{tuple(members.shape)}")
+    return _as_index(members, "member_index", tuple(members.shape), n_columns, device,
+                     allow_missing=True)
+
+
 def _check_not_excluded(target: torch.Tensor, exclude: torch.Tensor, target_name: str,
                         exclude_name: str) -> None:
     clash = target == exclude
@@ -168,12 +179,7 @@ def subset_ranks(scores: Array, target_index: Array, member_index: Array,
     device = scores.device
     target = _as_index(target_index, "target_index", (n_queries,), n_columns, device,
                        allow_missing=False)
-    members = torch.as_tensor(member_index)
-    if members.dim() != 2 or members.shape[0] != n_queries:
-        raise ValueError(f"member_index must have shape [{n_queries}, n_members], got "
-                         f"{tuple(members.shape)}")
-    members = _as_index(members, "member_index", tuple(members.shape), n_columns, device,
-                        allow_missing=True)
+    members = _as_members(member_index, n_queries, n_columns, device)
     is_member = (members == target[:, None]).any(1)
     if not bool(is_member.all()):
         row = int(torch.nonzero(~is_member)[0, 0])
@@ -203,12 +209,7 @@ def ranked_members(scores: Array, member_index: Array,
     scores = as_scores(scores)
     n_queries, n_columns = scores.shape
     device = scores.device
-    members = torch.as_tensor(member_index)
-    if members.dim() != 2 or members.shape[0] != n_queries:
-        raise ValueError(f"member_index must have shape [{n_queries}, n_members], got "
-                         f"{tuple(members.shape)}")
-    members = _as_index(members, "member_index", tuple(members.shape), n_columns, device,
-                        allow_missing=True)
+    members = _as_members(member_index, n_queries, n_columns, device)
     valid = (members >= 0) & ~_repeated(members)
     if exclude_index is not None:
         exclude = _as_index(exclude_index, "exclude_index", (n_queries,), n_columns, device,
