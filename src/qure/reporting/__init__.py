@@ -1,0 +1,1 @@
+"""Reporting helpers: the QuRe paper's reported numbers (:mod:`qure.reporting.paper`)."""
