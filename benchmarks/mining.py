@@ -49,7 +49,7 @@ from qure.mining import (
 
 FIQ_GALLERIES = {"dress": 5985, "shirt": 5988, "toptee": 6027}
 # The released rerank_score itself, run unchanged on a machine like this one (two runs
-# each; /work/shared/research/performance.md). Quoted for context, not re-measured here.
+# each; ../shared/research/performance.md). Quoted for context, not re-measured here.
 RELEASED_CODE_QPS = {"fiq": (178, 192), "cirr": (98, 114)}
 CIRR_QUERIES, CIRR_IMAGES = 28225, 16939
 TOKENS, DIM = 32, 256
