@@ -7,7 +7,6 @@ a default location), so the same calls serve the synthetic default and real data
 
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from qure.data import open_dataset
 from qure.data.base import CIRSplit
 from qure.errors import MissingImageError
 from qure.evaluation import HEADLINE_METRIC, FeatureTable, evaluate
-from qure.io import atomic_write_bytes, atomic_write_json
+from qure.io import atomic_torch_save, atomic_write_json
 from qure.models import (
     MiniBlip2Backbone,
     PatchEncoder,
@@ -99,9 +98,7 @@ def save_encoder(path: str | Path, encoder: PatchEncoder, history: Mapping[str, 
     payload = {"config": encoder.config.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
                "history": dict(history)}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_torch_save(path, payload)
 
 
 def load_encoder(path: str | Path) -> PatchEncoder:

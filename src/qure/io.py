@@ -47,6 +47,13 @@ def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2,
     return atomic_write_text(path, text + "\n")
 
 
+def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` through :func:`atomic_write` (checkpoints, snapshots, models)."""
+    import torch  # deferred: the data/synthetic CLIs should not pay torch's import
+
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
 def read_json(path: str | Path, expected: type | tuple[type, ...] | None = None) -> Any:
     """Load a UTF-8 JSON file, raising :class:`DatasetFormatError` naming the file."""
     path = Path(path)

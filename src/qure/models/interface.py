@@ -25,7 +25,6 @@ mismatched keys, which this package refuses to do.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -35,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from qure.io import atomic_write_bytes
+from qure.io import atomic_torch_save
 
 # Upper bound on the elements of one [Q, chunk, T] block in :func:`max_sim_scores`
 # (2**24 float32 = 64 MiB), so a full train-set gallery never needs 60 GB at once.
@@ -199,12 +198,10 @@ class CIRBackbone(nn.Module, ABC):
 def save_backbone(path: str | Path, backbone: CIRBackbone,
                   extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``{"config", "state_dict", "extra"}`` atomically with ``torch.save``."""
-    buffer = io.BytesIO()
     payload = {"config": backbone.config,
                "state_dict": {k: v.detach().cpu() for k, v in backbone.state_dict().items()},
                "extra": dict(extra or {})}
-    torch.save(payload, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_torch_save(path, payload)
 
 
 def load_backbone(path: str | Path, map_location: str | torch.device = "cpu",

@@ -15,7 +15,6 @@ point restarts from the last finished epoch and produces identical numbers.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 
 from qure.data.base import CIRSplit
 from qure.evaluation import HEADLINE_METRIC, FeatureTable, encode_gallery, encode_queries, evaluate
-from qure.io import atomic_write_bytes, atomic_write_text
+from qure.io import atomic_torch_save, atomic_write_text
 from qure.losses import info_nce, reward_loss
 from qure.mining import STRATEGIES, HardNegativeSets, mine_grouped
 from qure.training.data import TrainingData
@@ -206,9 +205,7 @@ class Trainer:
             "defined_at": self.defined_at,
             "history": self.history,
         }
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(self.checkpoint_path, buffer.getvalue())
+        atomic_torch_save(self.checkpoint_path, state)
         lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in self.history)
         atomic_write_text(self.history_path, lines)
 
@@ -266,9 +263,7 @@ class Trainer:
                  "scores": scores.masked_fill(~in_group, float("-inf")),
                  "target": self.data.target[rows], "strategy": self.config.strategy,
                  "strategy_params": dict(self.config.strategy_params)}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write_bytes(self.snapshot_path(epoch), buffer.getvalue())
+        atomic_torch_save(self.snapshot_path(epoch), state)
 
     def _define_sets(self, epoch: int, queries: torch.Tensor,
                      corpus: torch.Tensor) -> dict[str, Any]:
