@@ -49,11 +49,7 @@ def load_splits(dataset: str, root: str | Path, split: str,
 
 def split_images(splits: Iterable[CIRSplit]) -> list[str]:
     """Gallery and query images of the splits, each once, in first-seen order."""
-    names: dict[str, None] = {}
-    for split in splits:
-        names.update(dict.fromkeys(split.gallery.names))
-        names.update(dict.fromkeys(split.query_images()))
-    return list(names)
+    return list(dict.fromkeys(name for split in splits for name in split.images()))
 
 
 def image_locator(splits: Sequence[CIRSplit]) -> Callable[[str], Path]:

@@ -166,6 +166,10 @@ class CIRSplit:
                 seen.setdefault(name, None)
         return list(seen)
 
+    def images(self) -> list[str]:
+        """The gallery plus any image a query names outside it, each once."""
+        return list(dict.fromkeys([*self.gallery.names, *self.query_images()]))
+
     def image_path(self, name: str) -> Path:
         return self.gallery.image_path(name, record=self.name)
 

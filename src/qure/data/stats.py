@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from qure.data import CIR_DATASETS, HPFashionIQ, open_dataset
-from qure.data.base import CIRDataset, CIRQuery, Gallery
+from qure.data.base import CIRDataset, CIRQuery, CIRSplit, Gallery
 from qure.errors import QureError
 
 
@@ -23,28 +23,29 @@ def _query_counts(queries: list[CIRQuery]) -> dict[str, Any]:
     return counts
 
 
-def _subset_stats(dataset: CIRDataset, split: str, category: str | None) -> dict[str, Any]:
+def _subset_stats(dataset: CIRDataset, split_name: str, category: str | None) -> dict[str, Any]:
     """Counts for one split; a missing or broken file becomes an error entry, not a crash."""
     entry: dict[str, Any] = {}
     gallery: Gallery | None = None
     try:
-        gallery = dataset.load_gallery(split, category)
+        gallery = dataset.load_gallery(split_name, category)
         entry["gallery_images"] = len(gallery)
     except QureError as err:
         entry["gallery_images"] = None
         entry["gallery_error"] = str(err)
-    queries: list[CIRQuery] = []
+    split: CIRSplit | None = None
     try:
-        queries = (dataset.load_split(split, category).queries if gallery is not None
-                   else dataset.load_queries(split, category))
+        if gallery is not None:
+            split = dataset.load_split(split_name, category)
+            queries = split.queries
+        else:
+            queries = dataset.load_queries(split_name, category)
         entry.update(_query_counts(queries))
     except QureError as err:
         entry["queries"] = None
         entry["queries_error"] = str(err)
     if gallery is not None:
-        needed = dict.fromkeys(gallery.names)
-        for query in queries:
-            needed.update(dict.fromkeys((query.reference, *query.targets, *query.members)))
+        needed = split.images() if split is not None else gallery.names
         entry["images_missing"] = len(gallery.missing(needed))
     else:
         entry["images_missing"] = None
