@@ -32,3 +32,24 @@ class MissingImageError(QureError):
 
 class ConfigError(QureError):
     """A configuration value is invalid; the message names the key."""
+
+
+class DownloadError(QureError):
+    """A download failed for good; the message names the URL and the destination file."""
+
+    def __init__(self, message: str, url: str | None = None, dest: str | Path | None = None):
+        self.url = url
+        self.dest = Path(dest) if dest is not None else None
+        super().__init__(message)
+
+
+class ChecksumError(DownloadError):
+    """A file's size or digest differs from the pinned value (nothing is left behind)."""
+
+
+class OfflineError(DownloadError):
+    """The host could not be reached at all (DNS failure, connection refused, no route)."""
+
+
+class LayoutError(QureError):
+    """Files on disk are not in the layout the loaders expect; the message says how to fix it."""
