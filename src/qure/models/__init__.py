@@ -1,9 +1,11 @@
 """Backbones for composed image retrieval: the interface every backbone implements, the
 mini BLIP-2 that trains on a CPU, and the frozen-feature cache they share.
 
-Importing this package registers the mini backbone with :func:`build_backbone`.
+Importing this package registers the mini backbone and the paper backbone (BLIP-2 ViT-L,
+which needs the ``blip2`` extra only when built) with :func:`build_backbone`.
 """
 
+from qure.models.blip2_vitl import BertTextTokenizer, Blip2VitLBackbone, Blip2VitLConfig
 from qure.models.feature_cache import (
     FeatureCache,
     FeatureCacheMismatchError,
@@ -23,6 +25,9 @@ from qure.models.qformer import MiniBlip2Backbone, MiniQFormer, QFormerConfig
 from qure.models.tokenizer import WordTokenizer
 
 __all__ = [
+    "BertTextTokenizer",
+    "Blip2VitLBackbone",
+    "Blip2VitLConfig",
     "CIRBackbone",
     "FeatureCache",
     "FeatureCacheMismatchError",
