@@ -177,10 +177,13 @@ def test_catalogue_covers_every_public_file():
     assert not coco["unlabeled2017.zip"].verified
     assert {f.extract_to for f in coco.values()} == {"COCO2017_unlabeled"}
     weights = {f.path: f for f in sources["weights"].files}
-    assert set(weights) == {"blip2_pretrained_vitL.pth", "clip_vit_L.pth"}
+    assert set(weights) == {"blip2_pretrained_vitL.pth", "clip_vit_L.pth",
+                            "bert-base-uncased-vocab.txt"}
+    lavis = [f for name, f in weights.items() if name.endswith(".pth")]
     assert all(f.url.startswith("https://storage.googleapis.com/sfr-vision-language-research/"
-                                "LAVIS/models/BLIP2/") and f.sha256 is None
-               for f in weights.values())
+                                "LAVIS/models/BLIP2/") and f.sha256 is None for f in lavis)
+    assert weights["bert-base-uncased-vocab.txt"].url.endswith("bert-base-uncased/resolve/main/"
+                                                               "vocab.txt")
 
 
 def test_catalogue_validation_names_the_entry():
@@ -374,7 +377,7 @@ def test_fetch_annotations_reports_an_offline_machine(tmp_path):
 def test_fetch_weights_records_unpinned_checksums(tmp_path):
     served = tmp_path / "served" / "weights"
     served.mkdir(parents=True)
-    for name in ("blip2_pretrained_vitL.pth", "clip_vit_L.pth"):
+    for name in ("blip2_pretrained_vitL.pth", "clip_vit_L.pth", "bert-base-uncased-vocab.txt"):
         (served / name).write_bytes(name.encode() * 1000)
     with Mirror(tmp_path / "served") as server:
         result = run_script("fetch_weights.py", "--out-dir", str(tmp_path / "w"),

@@ -12,6 +12,7 @@ import sys
 from qure.data import DATASET_NAMES
 from qure.data.stats import dataset_stats, has_problems
 from qure.errors import QureError
+from qure.io import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: --root)")
     parser.add_argument("--circo-template", default=None,
                         help="circo only: query template with a {caption} slot")
+    parser.add_argument("--out", default=None, help="also write the report to this JSON file")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 if any file failed to load or any image is missing")
     args = parser.parse_args(argv)
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except (QureError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.out:
+        atomic_write_json(args.out, stats)
     print(json.dumps(stats, indent=2))
     return 1 if args.strict and has_problems(stats) else 0
 

@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", required=True,
                         help="output JSON: each file with its size and sha256")
     parser.add_argument("--only", action="append", default=None, metavar="FILE",
-                        help="fetch only this file (blip2_pretrained_vitL.pth or "
-                             "clip_vit_L.pth; repeatable)")
+                        help="fetch only this file (blip2_pretrained_vitL.pth, clip_vit_L.pth "
+                             "or bert-base-uncased-vocab.txt; repeatable)")
     add_network_args(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)

@@ -25,6 +25,7 @@ from qure.models import (
     PatchEncoderConfig,
     QFormerConfig,
     WordTokenizer,
+    load_backbone,
     pretrain_image_encoder,
     save_backbone,
 )
@@ -190,9 +191,9 @@ def features_step(dataset: str, root: str | Path, encoder_path: str | Path,
 
 
 def train_step(dataset: str, root: str | Path, features: str | Path,
-               encoder_path: str | Path, out_dir: str | Path, config: TrainConfig, *,
+               encoder_path: str | Path | None, out_dir: str | Path, config: TrainConfig, *,
                single_vector: bool = False, qformer: Mapping[str, Any] | None = None,
-               progress: bool = True) -> dict[str, Any]:
+               init: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train one (dataset, method, strategy, backbone variant) run and summarise it.
 
     Writes under ``out_dir``: ``checkpoint.pt`` (resume state, every epoch),
@@ -203,10 +204,21 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
     out_dir = Path(out_dir)
     train_splits = load_splits(dataset, root, TRAIN_SPLIT[dataset])
     val_splits = load_splits(dataset, root, VAL_SPLIT[dataset])
-    encoder = load_encoder(encoder_path)
-    backbone = mini_backbone(encoder, (q.text for s in train_splits for q in s),
-                             seed=config.seed, single_vector=single_vector, qformer=qformer)
-    cache = FeatureCache.open_for(features, backbone, preprocess_config(encoder))
+    if init is not None:
+        # Start from pretrained weights (BLIP-2 / the mini Q-Former's pretraining stage).
+        backbone = load_pretrained(init, single_vector=single_vector)
+    elif encoder_path is not None:
+        encoder = load_encoder(encoder_path)
+        backbone = mini_backbone(encoder, (q.text for s in train_splits for q in s),
+                                 seed=config.seed, single_vector=single_vector,
+                                 qformer=qformer)
+    else:
+        raise ValueError("train_step needs a frozen encoder (mini backbone) or init weights")
+    if encoder_path is not None:
+        preprocess = preprocess_config(load_encoder(encoder_path))
+    else:  # the cache records its preprocessing; the fingerprint still checks the weights
+        preprocess = FeatureCache.open(features).index.get("preprocess")
+    cache = FeatureCache.open_for(features, backbone, preprocess)
     table = feature_table(cache)
     data = TrainingData.from_splits(train_splits)
     oracle = benchmark_oracle(root)
@@ -221,7 +233,8 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
         "dataset": dataset,
         "profile": "synthetic" if oracle is not None else "real",
         "backbone": {"name": backbone.name, "single_vector": single_vector,
-                     "parameters": backbone.parameter_counts()},
+                     "parameters": backbone.parameter_counts(),
+                     "init": str(init) if init is not None else "random"},
         "config": config.to_dict(),
         "headline_metric": headline,
         "untrained": untrained,
@@ -233,6 +246,91 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
         "train_queries": len(data),
         "corpus_images": data.num_columns,
     }
+    bundle_snapshots(out_dir)
     save_backbone(out_dir / "model.pt", backbone, extra={"summary": summary})
     atomic_write_json(out_dir / "metrics.json", summary)
     return summary
+
+
+def load_pretrained(path: str | Path, *, single_vector: bool) -> Any:
+    """A pretrained backbone checkpoint, refused if its variant differs from the run's."""
+    backbone, _ = load_backbone(path)
+    if bool(backbone.config.get("single_vector")) != single_vector:
+        raise ValueError(f"{path}: pretrained backbone has single_vector="
+                         f"{backbone.config.get('single_vector')}, the run wants {single_vector}")
+    return backbone
+
+
+def pretrain_qformer_step(benchmarks: Mapping[str, str | Path],
+                          features: Mapping[str, str | Path], encoder_path: str | Path,
+                          out_dir: str | Path, config: TrainConfig, *,
+                          single_vector: bool = False, progress: bool = True
+                          ) -> dict[str, Any]:
+    """Stage-1 analogue of BLIP-2: train the mini Q-Former with in-batch contrastive
+    learning on a *separate* pretraining corpus (synthetic benchmarks drawn with another
+    seed, never the study's train/val data), so every study run starts, like QuRe from
+    BLIP-2, from a model that already ranks reasonably. Writes ``model.pt`` and
+    ``metrics.json`` under ``out_dir`` (resumable, like any run)."""
+    out_dir = Path(out_dir)
+    encoder = load_encoder(encoder_path)
+    train_splits: list[CIRSplit] = []
+    val_splits: list[CIRSplit] = []
+    names: list[str] = []
+    rows: list[torch.Tensor] = []
+    for dataset, root in benchmarks.items():
+        train_splits += load_splits(dataset, root, TRAIN_SPLIT[dataset])
+        if not val_splits:  # metrics are per dataset; monitor the first one
+            val_splits = load_splits(dataset, root, VAL_SPLIT[dataset])
+    texts = [q.text for s in train_splits for q in s]
+    backbone = mini_backbone(encoder, texts, seed=config.seed, single_vector=single_vector)
+    for dataset in benchmarks:
+        cache = FeatureCache.open_for(features[dataset], backbone, preprocess_config(encoder))
+        names += list(cache.names)
+        rows.append(cache.as_tensor())
+    if len(set(names)) != len(names):
+        raise ValueError("pretraining benchmarks share image names; their feature caches "
+                         "cannot be combined")
+    table = FeatureTable(names, torch.cat(rows))
+    data = TrainingData.from_splits(train_splits)
+    trainer = Trainer(backbone, data, table, config, out_dir, val_splits=val_splits,
+                      progress=progress)
+    history = trainer.fit()
+    summary = {"benchmarks": {k: str(v) for k, v in benchmarks.items()},
+               "config": config.to_dict(), "single_vector": single_vector,
+               "train_queries": len(data), "final": history[-1]["val"],
+               "train_seconds": round(sum(r["seconds"] for r in history), 3)}
+    save_backbone(out_dir / "model.pt", backbone, extra={"summary": summary})
+    atomic_write_json(out_dir / "metrics.json", summary)
+    return summary
+
+
+def backbone_features_step(dataset: str, root: str | Path, backbone_path: str | Path,
+                           out: str | Path, *, batch_size: int = 32,
+                           image_root: str | Path | None = None,
+                           progress: bool = True) -> FeatureCache:
+    """Frozen features of a benchmark from a saved backbone (the BLIP-2 ViT-L path):
+    QuRe's TargetPad 1.25 -> 224 bicubic transform with CLIP normalisation."""
+    from qure.models.preprocess import targetpad_transform
+
+    backbone, _ = load_backbone(backbone_path)
+    backbone.eval()
+    transform = targetpad_transform(1.25, 224)
+    if dataset == "hp_fashioniq":
+        from qure.workflow.steps import hp_image_locator
+
+        names, locate = hp_image_locator(root, image_root)
+    else:
+        benchmark = open_dataset(dataset, root)
+        splits = [benchmark.load_split(s, c) for s, c in benchmark.subsets()]
+        names, locate = split_images(splits), image_locator(splits)
+    return build_feature_cache(out, names, image_loader(locate, transform), backbone,
+                               transform.config, batch_size=batch_size, progress=progress)
+
+
+def bundle_snapshots(run_dir: str | Path) -> Path:
+    """Collect the run's per-definition score snapshots into one ``snapshots.pt``
+    (``{"snapshots": [...]}`` in epoch order), the file the steepness figures read."""
+    run_dir = Path(run_dir)
+    files = sorted((run_dir / "snapshots").glob("epoch_*.pt"))
+    snapshots = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    return atomic_torch_save(run_dir / "snapshots.pt", {"snapshots": snapshots})

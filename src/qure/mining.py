@@ -1071,3 +1071,9 @@ def reference_hard_negative_sets(
                 found = np.sort(after[:fallback_k])
         sets.append(found.astype(np.int64))
     return sets, flags
+
+
+def validate_strategy_params(strategy: str, params: Mapping[str, Any]) -> None:
+    """Raise :class:`MiningError` naming the bad key if ``strategy`` rejects ``params``
+    (lets a config be checked before any training starts)."""
+    _MiningConfig.build(strategy, params)

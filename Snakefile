@@ -1,0 +1,45 @@
+# qure-repro: the QuRe study as one DAG. Wiring only: which runs exist, their settings
+# and every path come from the tested package (qure.workflow); each rule calls a thin CLI
+# in workflow_scripts/.
+#
+#   snakemake --cores 1 --resources gpu=1 all                      # embedded synthetic default
+#   snakemake --cores 1 --resources gpu=1 --configfile config/smoke.yaml all   # CI smoke
+#   snakemake --cores 1 --resources gpu=1 --configfile config/paper.yaml all   # real data, GPU
+
+import json
+import os
+
+from qure.workflow import prefer_interpreter_on_path
+from qure.workflow.config import validate_config
+from qure.workflow.plan import TABLE_NAMES, Plan
+
+
+configfile: "config/config.yaml"
+
+
+validate_config(config)
+# Rules call `python`: the interpreter running Snakemake (its venv) unless --use-conda
+# activates the rule's own environment in front of it.
+prefer_interpreter_on_path()
+PLAN = Plan(config)
+LOGS = "logs"
+BENCH = "logs/benchmarks"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/data.smk"
+include: "rules/encoder.smk"
+include: "rules/features.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/analysis.smk"
+include: "rules/tables.smk"
+include: "rules/figures.smk"
+
+
+rule all:
+    input:
+        PLAN.all_targets(),
+    default_target: True

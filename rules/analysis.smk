@@ -1,0 +1,61 @@
+# Stage 6: hard-set analyses on one shared score matrix (the audit basis run's final
+# model over the training queries): the false-negative audit (Fig. 9) and the
+# hard-negative examples (Fig. 6).
+
+STUDY = config["study"]
+MAIN = STUDY["main_backbone"]
+
+
+rule audit_hard_sets:
+    input:
+        unpack(lambda w: PLAN.analysis_inputs(w.dataset)),
+    output:
+        PLAN.audit("{dataset}"),
+    params:
+        root=lambda w: PLAN.root(w.dataset),
+        basis=lambda w, input: os.path.dirname(input.model),
+        methods=PLAN.audit_methods_json(),
+        batch_size=config["evaluation"]["batch_size"],
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/analysis/audit_{{dataset}}.log",
+    wildcard_constraints:
+        dataset="fashioniq|cirr",
+    conda:
+        "../envs/qure.yaml"
+    shell:
+        "python workflow_scripts/analyze_hard_sets.py audit --dataset {wildcards.dataset} "
+        "--root {params.root} --basis-run {params.basis} --features {input.npy} "
+        "--methods {params.methods:q} --out {output} --batch-size {params.batch_size} "
+        "--threads {threads} > {log} 2>&1"
+
+
+rule hard_negative_examples:
+    input:
+        unpack(lambda w: PLAN.analysis_inputs(w.dataset)),
+    output:
+        PLAN.examples("{dataset}"),
+    params:
+        root=lambda w: PLAN.root(w.dataset),
+        basis=lambda w, input: os.path.dirname(input.model),
+        strategy=config["methods"][STUDY["qure_method"]]["strategy"],
+        strategy_params=json.dumps(config["methods"][STUDY["qure_method"]]["strategy_params"]),
+        queries=STUDY["examples"]["queries"],
+        negatives=STUDY["examples"]["negatives"],
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/analysis/examples_{{dataset}}.log",
+    wildcard_constraints:
+        dataset="fashioniq|cirr",
+    conda:
+        "../envs/qure.yaml"
+    shell:
+        "python workflow_scripts/analyze_hard_sets.py examples --dataset {wildcards.dataset} "
+        "--root {params.root} --basis-run {params.basis} --features {input.npy} "
+        "--strategy {params.strategy} --strategy-params {params.strategy_params:q} "
+        "--queries {params.queries} --negatives {params.negatives} --out {output} "
+        "--threads {threads} > {log} 2>&1"

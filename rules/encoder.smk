@@ -1,0 +1,109 @@
+# Stage 2 (mini backbone only): the analogue of BLIP-2's pretraining. A separate synthetic
+# corpus (another seed; never the study's images or queries) pretrains the frozen image
+# encoder (image-caption contrastive) and then each mini Q-Former (in-batch contrastive),
+# so study runs start, like QuRe from BLIP-2, from a model that already ranks.
+
+PRETRAIN = config["pretraining"]
+PRETRAIN_SETS = ("fashioniq", "cirr")
+
+
+if PRETRAIN["enabled"]:
+
+    rule synthesize_pretraining_corpus:
+        output:
+            [PLAN.pretraining_manifest(d) for d in PRETRAIN_SETS],
+        params:
+            out=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+            scale=config["data"]["synthetic"]["scale"],
+            seed=PRETRAIN["corpus_seed"],
+        log:
+            f"{LOGS}/synthesize_pretraining_corpus.log",
+        benchmark:
+            f"{BENCH}/synthesize_pretraining_corpus.tsv"
+        conda:
+            "../envs/qure.yaml"
+        shell:
+            "python workflow_scripts/synthesize.py --out {params.out} --seed {params.seed} "
+            "--scale {params.scale} --benchmarks fashioniq cirr --workers 2 > {log} 2>&1"
+
+
+rule pretrain_encoder:
+    input:
+        PLAN.encoder_inputs(),
+    output:
+        PLAN.encoder(),
+    params:
+        benchmarks=" ".join(f"--benchmark {d}={r}" for d, r in PLAN.encoder_benchmarks().items()),
+        enc=config["encoder"],
+        seed=config["seed"],
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/pretrain_encoder.log",
+    benchmark:
+        f"{BENCH}/pretrain_encoder.tsv"
+    conda:
+        "../envs/qure.yaml"
+    shell:
+        "python workflow_scripts/pretrain_encoder.py {params.benchmarks} --out {output} "
+        "--image-size {params.enc[image_size]} --epochs {params.enc[epochs]} "
+        "--batch-size {params.enc[batch_size]} --lr {params.enc[lr]} --seed {params.seed} "
+        "--threads {threads} > {log} 2>&1"
+
+
+rule extract_pretraining_features:
+    input:
+        encoder=PLAN.encoder(),
+        manifest=PLAN.pretraining_manifest("{dataset}"),
+    output:
+        npy=PLAN.features("mini_blip2", "pretrain_{dataset}"),
+        index=PLAN.features_index("mini_blip2", "pretrain_{dataset}"),
+    params:
+        root=lambda w: PLAN.pretraining_root(w.dataset),
+        progress="" if config["progress"] else "--no-progress",
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/features/mini_blip2/pretrain_{{dataset}}.log",
+    wildcard_constraints:
+        dataset="fashioniq|cirr",
+    conda:
+        "../envs/qure.yaml"
+    shell:
+        "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
+        "--root {params.root} --encoder {input.encoder} --out {output.npy} "
+        "--threads {threads} {params.progress} > {log} 2>&1"
+
+
+rule pretrain_qformer:
+    input:
+        encoder=PLAN.encoder(),
+        features=[PLAN.features("mini_blip2", f"pretrain_{d}") for d in PRETRAIN_SETS],
+    output:
+        PLAN.pretrained("{backbone}"),
+    params:
+        benchmarks=" ".join(f"--benchmark {d}={PLAN.pretraining_root(d)}" for d in PRETRAIN_SETS),
+        features=" ".join(
+            f"--features {d}={PLAN.features('mini_blip2', f'pretrain_{d}')}" for d in PRETRAIN_SETS
+        ),
+        out=lambda w, output: os.path.dirname(output[0]),
+        settings=json.dumps({**PRETRAIN["settings"], "seed": config["seed"]}, sort_keys=True),
+        single_vector=lambda w: (
+            "--single-vector" if config["backbones"][w.backbone]["single_vector"] else ""
+        ),
+        progress="" if config["progress"] else "--no-progress",
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/pretrain_qformer/{{backbone}}.log",
+    benchmark:
+        f"{BENCH}/pretrain_qformer/{{backbone}}.tsv"
+    conda:
+        "../envs/qure.yaml"
+    shell:
+        "python workflow_scripts/pretrain_qformer.py {params.benchmarks} {params.features} "
+        "--encoder {input.encoder} --out {params.out} --train-json {params.settings:q} "
+        "{params.single_vector} --threads {threads} {params.progress} > {log} 2>&1"

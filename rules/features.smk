@@ -1,0 +1,89 @@
+# Stage 3: the frozen image encoder's features of every image, computed once per
+# (backbone family, benchmark) and memory-mapped by training, mining and evaluation.
+
+
+rule extract_features:
+    input:
+        encoder=PLAN.encoder(),
+        stats=PLAN.dataset_stats("{dataset}"),
+    output:
+        npy=PLAN.features("mini_blip2", "{dataset}"),
+        index=PLAN.features_index("mini_blip2", "{dataset}"),
+    params:
+        root=lambda w: PLAN.root(w.dataset),
+        image_root=lambda w: (
+            f"--image-root {config['data']['hp_image_root']}"
+            if w.dataset == "hp_fashioniq" and config["data"]["hp_image_root"]
+            else ""
+        ),
+        progress="" if config["progress"] else "--no-progress",
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/features/mini_blip2/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/features/mini_blip2/{{dataset}}.tsv"
+    wildcard_constraints:
+        dataset="fashioniq|cirr|circo|hp_fashioniq",
+    conda:
+        "../envs/qure.yaml"
+    shell:
+        "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
+        "--root {params.root} {params.image_root} --encoder {input.encoder} --out {output.npy} "
+        "--threads {threads} {params.progress} > {log} 2>&1"
+
+
+# The paper backbone: BLIP-2 ViT-L converted from LAVIS's weights (every key accounted
+# for), whose frozen CLIP ViT-L features are cached once per benchmark.
+WEIGHTS = config["data"]["real"]["weights_dir"]
+
+
+rule convert_blip2_weights:
+    input:
+        blip2=f"{WEIGHTS}/blip2_pretrained_vitL.pth",
+        vit=f"{WEIGHTS}/clip_vit_L.pth",
+        vocab=f"{WEIGHTS}/bert-base-uncased-vocab.txt",
+    output:
+        model=PLAN.blip2_weights(),
+        report=str(PLAN.results / "data" / "blip2_conversion.json"),
+    log:
+        f"{LOGS}/convert_blip2_weights.log",
+    conda:
+        "../envs/qure-gpu.yaml"
+    shell:
+        "python workflow_scripts/convert_blip2_weights.py --blip2 {input.blip2} "
+        "--vit {input.vit} --vocab {input.vocab} --out {output.model} "
+        "--report {output.report} > {log} 2>&1"
+
+
+rule extract_features_blip2:
+    input:
+        backbone=PLAN.blip2_weights(),
+        stats=PLAN.dataset_stats("{dataset}"),
+    output:
+        npy=PLAN.features("blip2_vitl", "{dataset}"),
+        index=PLAN.features_index("blip2_vitl", "{dataset}"),
+    params:
+        root=lambda w: PLAN.root(w.dataset),
+        image_root=lambda w: (
+            f"--image-root {config['data']['hp_image_root']}"
+            if w.dataset == "hp_fashioniq" and config["data"]["hp_image_root"]
+            else ""
+        ),
+        progress="" if config["progress"] else "--no-progress",
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/features/blip2_vitl/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/features/blip2_vitl/{{dataset}}.tsv"
+    wildcard_constraints:
+        dataset="fashioniq|cirr|circo|hp_fashioniq",
+    conda:
+        "../envs/qure-gpu.yaml"
+    shell:
+        "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
+        "--root {params.root} {params.image_root} --backbone {input.backbone} "
+        "--out {output.npy} --batch-size 64 --threads {threads} {params.progress} > {log} 2>&1"

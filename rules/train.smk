@@ -1,0 +1,42 @@
+# Stage 4: training runs, one per (dataset, backbone, method). A killed run resumes from
+# its checkpoint.pt on the next invocation (kept out of the outputs so a failed job's
+# cleanup never deletes it).
+
+
+rule train:
+    input:
+        unpack(lambda w: PLAN.train_inputs(w.dataset, w.backbone)),
+    output:
+        metrics=PLAN.run_file("{dataset}", "{backbone}", "{method}", "metrics.json"),
+        model=PLAN.run_file("{dataset}", "{backbone}", "{method}", "model.pt"),
+        history=PLAN.run_file("{dataset}", "{backbone}", "{method}", "epochs.jsonl"),
+        snapshots=PLAN.run_file("{dataset}", "{backbone}", "{method}", "snapshots.pt"),
+    params:
+        root=lambda w: PLAN.root(w.dataset),
+        out=lambda w, output: os.path.dirname(output.metrics),
+        settings=lambda w: PLAN.train_json(w.dataset, w.method),
+        single_vector=lambda w: (
+            "--single-vector" if config["backbones"][w.backbone]["single_vector"] else ""
+        ),
+        init=lambda w, input: f"--init {input.init}" if "init" in input.keys() else "",
+        encoder=lambda w, input: (
+            f"--encoder {input.encoder}" if "encoder" in input.keys() else ""
+        ),
+        progress="" if config["progress"] else "--no-progress",
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/train/{{dataset}}/{{backbone}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/train/{{dataset}}/{{backbone}}/{{method}}.tsv"
+    wildcard_constraints:
+        dataset="fashioniq|cirr",
+    conda:
+        "../envs/qure.yaml"
+    shell:
+        "python workflow_scripts/train.py --dataset {wildcards.dataset} --root {params.root} "
+        "--features {input.npy} {params.encoder} --out {params.out} "
+        "--train-json {params.settings:q} {params.single_vector} {params.init} "
+        "--threads {threads} "
+        "{params.progress} > {log} 2>&1"

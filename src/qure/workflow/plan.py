@@ -1,0 +1,257 @@
+"""Every file the workflow produces, as a function of the validated config.
+
+The Snakemake rules and ``dvc.yaml`` name their inputs and outputs through this module,
+so the layout is defined once and tested (for example: every DVC output is a Snakemake
+target).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from qure.workflow.config import (
+    ZERO_SHOT,
+    Run,
+    dataset_root,
+    evaluations,
+    pretrains,
+    train_settings,
+    training_runs,
+)
+
+TABLE_NAMES = ("table2_fashioniq", "table3_cirr", "table4_hp_fashioniq", "table5_circo",
+               "table6_cirr_backbones", "table7_fashioniq_backbones",
+               "table8_hp_circo_backbones")
+FIGURE_NAMES = ("fig4_negative_strategies", "fig5_hard_negative_set_size",
+                "fig6_hard_negative_examples", "fig7_score_steepness",
+                "fig8_score_steepness_aggregate", "fig9_false_negatives_in_hard_sets")
+TABLE_FORMATS = ("csv", "md", "tex")
+FIGURE_FORMATS = ("png", "pdf")
+RUN_FILES = ("metrics.json", "model.pt", "epochs.jsonl", "snapshots.pt")
+
+#: Benchmarks each table's reproduced rows are evaluated on.
+TABLE_BENCHMARKS = {
+    "table2_fashioniq": ("fashioniq",), "table3_cirr": ("cirr",),
+    "table4_hp_fashioniq": ("hp_fashioniq",), "table5_circo": ("circo",),
+    "table6_cirr_backbones": ("cirr",), "table7_fashioniq_backbones": ("fashioniq",),
+    "table8_hp_circo_backbones": ("hp_fashioniq", "circo"),
+}
+BACKBONE_TABLES = ("table6_cirr_backbones", "table7_fashioniq_backbones",
+                   "table8_hp_circo_backbones")
+
+
+def train_dataset_of(benchmark: str) -> str:
+    """The dataset whose models are evaluated on ``benchmark``."""
+    return ZERO_SHOT.get(benchmark, benchmark)
+
+
+class Plan:
+    """Paths and parameters of one configured study."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = config
+        self.results = Path(config["paths"]["results"])
+        self.resources = Path(config["paths"]["resources"])
+
+    # --- data ---------------------------------------------------------------------------
+
+    def root(self, dataset: str) -> str:
+        return dataset_root(self.config, dataset)
+
+    def synthetic_manifest(self, dataset: str) -> str:
+        return str(self.resources / "synthetic" / dataset / "synthetic_manifest.json")
+
+    def pretraining_manifest(self, dataset: str) -> str:
+        return str(self.resources / "synthetic_pretrain" / dataset / "synthetic_manifest.json")
+
+    def pretraining_root(self, dataset: str) -> str:
+        return str(self.resources / "synthetic_pretrain" / dataset)
+
+    def pretrained(self, backbone: str) -> str:
+        return str(self.resources / "models" / f"pretrained_{backbone}" / "model.pt")
+
+    def encoder_benchmarks(self) -> dict[str, str]:
+        """Where the mini encoder learns: the pretraining corpus if there is one."""
+        if self.config["pretraining"]["enabled"]:
+            return {d: self.pretraining_root(d) for d in ("fashioniq", "cirr")}
+        return {d: self.root(d) for d in ("fashioniq", "cirr")}
+
+    def dataset_stats(self, dataset: str) -> str:
+        return str(self.results / "data" / f"{dataset}_stats.json")
+
+    # --- models and features ------------------------------------------------------------
+
+    def encoder(self) -> str:
+        return str(self.resources / "models" / "mini_encoder.pt")
+
+    def blip2_weights(self) -> str:
+        """The BLIP-2 ViT-L backbone converted from LAVIS's checkpoints (paper profile)."""
+        return str(Path(self.config["data"]["real"]["weights_dir"]) / "blip2_vitl.pt")
+
+    def family(self, backbone: str) -> str:
+        return str(self.config["backbones"][backbone]["family"])
+
+    def features(self, family: str, dataset: str) -> str:
+        return str(self.resources / "features" / family / f"{dataset}.npy")
+
+    def features_index(self, family: str, dataset: str) -> str:
+        return str(self.resources / "features" / family / f"{dataset}.index.json")
+
+    def run_dir(self, dataset: str, backbone: str, method: str) -> str:
+        return str(self.results / "runs" / dataset / backbone / method)
+
+    def run_file(self, dataset: str, backbone: str, method: str, name: str) -> str:
+        return str(Path(self.run_dir(dataset, backbone, method)) / name)
+
+    def train_json(self, dataset: str, method: str) -> str:
+        return json.dumps(train_settings(self.config, dataset, method), sort_keys=True)
+
+    def runs(self) -> list[Run]:
+        return training_runs(self.config)
+
+    # --- evaluation and analyses --------------------------------------------------------
+
+    def evaluation(self, benchmark: str, backbone: str, method: str) -> str:
+        return str(self.results / "eval" / benchmark / backbone / f"{method}.json")
+
+    def evaluation_files(self) -> list[str]:
+        return [self.evaluation(b, r.backbone, r.method) for b, r in evaluations(self.config)]
+
+    def audit(self, dataset: str) -> str:
+        return str(self.results / "analysis" / f"hard_set_audit_{dataset}.json")
+
+    def examples(self, dataset: str) -> str:
+        return str(self.results / "analysis" / f"hard_negative_examples_{dataset}.json")
+
+    def audit_methods_json(self) -> str:
+        methods = self.config["methods"]
+        return json.dumps({name: {"label": methods[name]["label"],
+                                  "strategy": methods[name]["strategy"],
+                                  "strategy_params": methods[name]["strategy_params"]}
+                           for name in self.config["study"]["audit_methods"]}, sort_keys=True)
+
+    # --- tables and figures -------------------------------------------------------------
+
+    def table_rows(self, table: str) -> list[dict[str, Any]]:
+        """Reproduced rows of ``table``: (method, backbone) with their evaluation files."""
+        study, methods = self.config["study"], self.config["methods"]
+        backbones = self.config["backbones"]
+        if table in BACKBONE_TABLES:
+            pairs = [(b, m) for b in study["backbones"] for m in study["backbone_methods"]]
+        else:
+            pairs = [(study["main_backbone"], m) for m in study["main_methods"]]
+        rows = []
+        for backbone, method in pairs:
+            if any(train_dataset_of(b) not in study["datasets"]
+                   for b in TABLE_BENCHMARKS[table]):
+                continue
+            rows.append({"method": methods[method]["label"],
+                         "backbone": backbones[backbone]["label"],
+                         "evaluations": {b: self.evaluation(b, backbone, method)
+                                         for b in TABLE_BENCHMARKS[table]}})
+        return rows
+
+    def table_inputs(self, table: str) -> list[str]:
+        return [p for row in self.table_rows(table) for p in row["evaluations"].values()]
+
+    def table_file(self, table: str, fmt: str) -> str:
+        return str(self.results / "tables" / f"{table}.{fmt}")
+
+    def table_files(self) -> list[str]:
+        return [self.table_file(t, f) for t in TABLE_NAMES for f in TABLE_FORMATS]
+
+    def figure_file(self, figure: str, fmt: str) -> str:
+        return str(self.results / "figures" / f"{figure}.{fmt}")
+
+    def figure_files(self) -> list[str]:
+        return [self.figure_file(f, x) for f in FIGURE_NAMES for x in FIGURE_FORMATS]
+
+    # --- rule inputs (the Snakemake rules call these through lambdas) -------------------
+
+    def dataset_ready(self, dataset: str) -> str:
+        """The file whose existence means the benchmark is on disk and checked."""
+        if self.config["profile"] == "synthetic":
+            return self.synthetic_manifest(dataset)
+        return self.verified(dataset)
+
+    def verified(self, dataset: str) -> str:
+        return str(self.results / "data" / f"{dataset}_verified.json")
+
+    def verify_inputs(self, dataset: str) -> list[str]:
+        images = "fashioniq" if dataset == "hp_fashioniq" else dataset
+        return [str(self.results / "data" / f"{dataset}_annotations.json"),
+                str(self.results / "data" / f"{images}_images.json")]
+
+    def encoder_inputs(self) -> list[str]:
+        if self.config["pretraining"]["enabled"]:
+            return [self.pretraining_manifest(d) for d in ("fashioniq", "cirr")]
+        return [self.dataset_stats(d) for d in ("fashioniq", "cirr")]
+
+    def train_inputs(self, dataset: str, backbone: str) -> dict[str, str]:
+        family = self.family(backbone)
+        inputs = {"npy": self.features(family, dataset),
+                  "index": self.features_index(family, dataset)}
+        if family == "blip2_vitl":
+            inputs["init"] = self.blip2_weights()
+        else:
+            inputs["encoder"] = self.encoder()
+            if pretrains(self.config, backbone):
+                inputs["init"] = self.pretrained(backbone)
+        return inputs
+
+    def evaluate_inputs(self, benchmark: str, backbone: str, method: str) -> dict[str, str]:
+        family = self.family(backbone)
+        return {"model": self.run_file(train_dataset_of(benchmark), backbone, method,
+                                       "model.pt"),
+                "npy": self.features(family, benchmark),
+                "index": self.features_index(family, benchmark)}
+
+    def analysis_inputs(self, dataset: str) -> dict[str, str]:
+        study = self.config["study"]
+        family = self.family(study["main_backbone"])
+        return {"model": self.run_file(dataset, study["main_backbone"], study["audit_basis"],
+                                       "model.pt"),
+                "npy": self.features(family, dataset),
+                "index": self.features_index(family, dataset)}
+
+    def history(self, dataset: str, method: str, backbone: str | None = None) -> str:
+        backbone = backbone or self.config["study"]["main_backbone"]
+        return self.run_file(dataset, backbone, method, "epochs.jsonl")
+
+    def figure_histories(self, figure: str) -> list[tuple[str, str]]:
+        """(label, epochs.jsonl) pairs a figure plots."""
+        study, methods = self.config["study"], self.config["methods"]
+        dataset = study["strategy_dataset"]
+        if figure == "fig4_negative_strategies":
+            return [(methods[m]["label"], self.history(dataset, m))
+                    for m in study["strategy_methods"]]
+        if figure == "fig5_hard_negative_set_size":
+            return [(d, self.history(d, study["qure_method"])) for d in study["datasets"]]
+        if figure == "fig9_false_negatives_in_hard_sets":
+            return [(m, self.history(dataset, m)) for m in study["audit_methods"]
+                    if methods[m]["strategy"] != "all"]
+        raise KeyError(f"figure {figure!r} plots no run histories")
+
+    def history_args(self, figure: str) -> str:
+        return " ".join(f"--history {shlex.quote(label + '=' + path)}"
+                        for label, path in self.figure_histories(figure))
+
+    def snapshots(self) -> str:
+        study = self.config["study"]
+        return self.run_file(study["strategy_dataset"], study["main_backbone"],
+                             study["qure_method"], "snapshots.pt")
+
+    def headline_metric(self) -> str:
+        return {"fashioniq": "average_recall", "cirr": "avg"}[self.config["study"]
+                                                                ["strategy_dataset"]]
+
+    def all_targets(self) -> list[str]:
+        study = self.config["study"]
+        files = [self.dataset_stats(d) for d in ("fashioniq", "cirr", "circo", "hp_fashioniq")]
+        files += self.evaluation_files()
+        files += [self.audit(study["strategy_dataset"]), self.examples(study["strategy_dataset"])]
+        return list(dict.fromkeys(files + self.table_files() + self.figure_files()))

@@ -1,0 +1,69 @@
+"""Pretrain the mini Q-Former (BLIP-2 stage-1 analogue) by in-batch contrastive learning
+on a separate synthetic pretraining corpus; every study run then starts from it.
+
+Example: python workflow_scripts/pretrain_qformer.py
+    --benchmark fashioniq=resources/synthetic_pretrain/fashioniq
+    --features fashioniq=resources/features/mini_blip2/pretrain_fashioniq.npy
+    --encoder resources/models/mini_encoder.pt --out resources/models/qformer_blip2
+    --train-json '{"epochs": 10, "lr": 0.001}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from qure.cli import reports_errors, setup_logging
+from qure.errors import ConfigError
+from qure.experiment import TRAIN_SPLIT, pretrain_qformer_step
+from qure.training.trainer import TrainConfig
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or name not in TRAIN_SPLIT or not path:
+            raise ConfigError(f"{option} {item!r}: expected NAME=PATH with NAME in "
+                              f"{list(TRAIN_SPLIT)}")
+        out[name] = path
+    return out
+
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--benchmark", action="append", required=True, metavar="NAME=ROOT")
+    parser.add_argument("--features", action="append", required=True, metavar="NAME=NPY")
+    parser.add_argument("--encoder", required=True)
+    parser.add_argument("--out", required=True, help="output folder (model.pt, metrics.json)")
+    parser.add_argument("--train-json", default="{}", help="TrainConfig settings as JSON")
+    parser.add_argument("--single-vector", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    benchmarks = _pairs(args.benchmark, "--benchmark")
+    features = _pairs(args.features, "--features")
+    if set(benchmarks) != set(features):
+        raise ConfigError("--benchmark and --features must name the same datasets")
+    try:
+        settings = json.loads(args.train_json)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--train-json: not valid JSON: {err}") from err
+    settings.setdefault("method", "contrastive")
+    summary = pretrain_qformer_step(benchmarks, features, args.encoder, args.out,
+                                    TrainConfig.from_dict(settings),
+                                    single_vector=args.single_vector,
+                                    progress=not args.no_progress)
+    print(json.dumps({"out": args.out, "final": summary["final"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
