@@ -200,23 +200,38 @@ def after_target_curve(scores: torch.Tensor, target: int,
     """Sorted scores after the target (own group only), and the hard set's first and
     last position in that curve (0-based) under the two-drops rule, or None."""
     finite = torch.isfinite(scores)
-    order = torch.sort(scores.masked_fill(~finite, float("-inf")), descending=True,
-                       stable=True).indices[: int(finite.sum())]
-    position = int((order == target).nonzero()[0, 0])
-    after = scores[order[position + 1:]].numpy()
-    sets = hard_negative_sets(scores[None], torch.tensor([target]), "qure",
+    if not bool(finite[target]):
+        raise ValueError(f"the target's score is not finite ({float(scores[target])})")
+    # Rank only the query's own group: masked (-inf) columns would otherwise form the
+    # largest "drop" of all.
+    columns = finite.nonzero().flatten()
+    own = scores[columns]
+    local_target = int((columns == target).nonzero()[0, 0])
+    order = torch.sort(own, descending=True, stable=True).indices
+    position = int((order == local_target).nonzero()[0, 0])
+    after = own[order[position + 1:]].numpy()
+    sets = hard_negative_sets(own[None], torch.tensor([local_target]), "qure",
                               fallback="empty", **dict(params or {}))
     members = sets[0]
     if members.numel() == 0:
         return after, None
-    rank = torch.full((len(scores),), -1, dtype=torch.long)
+    rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
     positions = rank[members] - position - 1
     return after, (int(positions.min()), int(positions.max()))
 
 
+def stage_label(index: int, snapshot: Mapping[str, Any]) -> str:
+    """``before training``, ``after warm-up (epoch E)``, then ``re-definition at epoch E``."""
+    if index == 0:
+        return "before training"
+    if index == 1:
+        return f"after warm-up (epoch {snapshot['epoch']})"
+    return f"re-definition at epoch {snapshot['epoch']}"
+
+
 def _stage_snapshots(snaps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    snaps = list(snaps)
+    snaps = [dict(s, label=stage_label(i, s)) for i, s in enumerate(snaps)]
     if len(snaps) < 2:
         raise ValueError("the steepness figures need the 'before training' snapshot and "
                          "the one taken after warm-up")
@@ -296,9 +311,9 @@ def fig8_score_steepness_aggregate(snapshots: Sequence[dict[str, Any]],
                   boxprops={"facecolor": "mistyrose"}, medianprops={"color": "tab:red"})
     right.boxplot(ends, positions=positions + 0.18, widths=0.3, patch_artist=True,
                   boxprops={"facecolor": "honeydew"}, medianprops={"color": "tab:green"})
-    right.set_xticks(positions, [lbl.replace("before ", "before\n") for lbl in labels],
-                     fontsize=7)
-    right.set_ylim(0, 1)
+    right.set_xticks(positions, [lbl.replace(" (", "\n(").replace(" at ", "\nat ")
+                                 for lbl in labels], fontsize=7)
+    right.set_ylim(0, 1.03)
     right.set_ylabel("position / images after the target")
     right.set_title("Hard-set start (red) and end (green)", fontsize=9)
     right.grid(alpha=0.3, axis="y")
@@ -319,8 +334,8 @@ def fig9_false_negatives(audit_file: str | Path,
     all strategies mined on one shared score matrix (bars), and each strategy's own
     training-time definitions (dots, mean over definitions)."""
     audit = read_json(audit_file, dict)
-    names = list(audit["strategies"])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    names = list(audit.get("order") or audit["strategies"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.4))
     if not audit.get("oracle"):
         left.text(0.5, 0.5, "real data: no relevance oracle", ha="center",
                   transform=left.transAxes)
@@ -349,7 +364,8 @@ def fig9_false_negatives(audit_file: str | Path,
                         ha="right", fontsize=7)
         left.set_ylabel("%")
         left.set_title("False negatives in hard-negative sets", fontsize=9)
-        left.legend(fontsize=6.5, frameon=False)
+        left.legend(fontsize=6.5, frameon=False, loc="upper center",
+                    bbox_to_anchor=(0.5, -0.32), ncol=2)
         left.grid(alpha=0.3, axis="y")
     sizes = [audit["strategies"][n]["size_mean"] for n in names]
     right.bar(np.arange(len(names)), sizes, color="tab:gray")

@@ -232,8 +232,9 @@ class Plan:
         if figure == "fig5_hard_negative_set_size":
             return [(d, self.history(d, study["qure_method"])) for d in study["datasets"]]
         if figure == "fig9_false_negatives_in_hard_sets":
+            # Training-time rates of the audited strategies that were trained anyway.
             return [(m, self.history(dataset, m)) for m in study["audit_methods"]
-                    if methods[m]["strategy"] != "all"]
+                    if methods[m]["strategy"] != "all" and m in study["strategy_methods"]]
         raise KeyError(f"figure {figure!r} plots no run histories")
 
     def history_args(self, figure: str) -> str:

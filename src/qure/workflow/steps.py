@@ -219,7 +219,7 @@ def audit_step(dataset: str, root: str | Path, basis_run: str | Path, features: 
     queries, corpus = _training_scores(backbone, table, data, batch_size)
     result: dict[str, Any] = {"dataset": dataset, "basis_run": str(basis_run),
                               **_run_label(summary), "oracle": oracle is not None,
-                              "strategies": {}}
+                              "order": list(methods), "strategies": {}}
     if relevant is not None:
         in_group = data.query_group[:, None] == data.corpus_group[None, :]
         others = in_group.sum(1).double() - 1

@@ -1,0 +1,130 @@
+"""The whole DAG end to end on the smoke config, in a copy of the repository: tables hold
+real numbers beside the paper's, figures are real images, a second invocation does
+nothing, and the HTML report builds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qure.reporting.paper import paper_table
+from qure.reporting.tables import TABLES, column_benchmarks
+from qure.workflow.config import load_config
+from qure.workflow.plan import FIGURE_NAMES, TABLE_NAMES, Plan
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["--configfile", "config/smoke.yaml"]
+
+
+def _snakemake(cwd: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
+           + os.environ.get("PATH", "")}
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _tracked_files() -> list[str]:
+    result = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True)
+    return [line for line in result.stdout.splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A repository copy after one smoke ``all`` (about 3-5 min on 2 cores)."""
+    work = tmp_path_factory.mktemp("smoke_repo")
+    for rel in _tracked_files():
+        src = REPO / rel
+        if src.is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / rel)
+    started = time.perf_counter()
+    result = _snakemake(work, "--cores", "2", "--resources", "gpu=1", *SMOKE, "--", "all")
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in (work / "logs").rglob("*.log")
+                         if "rror" in p.read_text())
+        pytest.fail(f"smoke workflow failed after {seconds:.0f} s:\n{result.stderr[-4000:]}\n"
+                    f"{logs[-6000:]}")
+    print(f"\nsmoke workflow: {seconds:.1f} s")
+    config = load_config(REPO / "config" / "config.yaml", REPO / "config" / "smoke.yaml")
+    return work, Plan(config), seconds
+
+
+@pytest.mark.slow
+def test_tables_put_reproduced_numbers_beside_the_paper(smoke_run):
+    work, plan, _ = smoke_run
+    for table in TABLE_NAMES:
+        paper = paper_table(TABLES[table])
+        with open(work / plan.table_file(table, "csv"), newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        printed = [r for r in rows if r["source"] == "paper"]
+        reproduced = [r for r in rows if r["source"] == "reproduced"]
+        assert len(printed) == len(paper.rows)
+        assert len(reproduced) == len(plan.table_rows(table)) > 0, table
+        for row in reproduced:
+            assert row["profile"] == "synthetic"
+            for key in paper.column_keys:
+                value = float(row[key])  # a placeholder ("-", "") would raise here
+                assert 0.0 <= value <= 100.0, (table, key, value)
+        # Reproduced values are the evaluation files' numbers, not constants.
+        spec = plan.table_rows(table)[0]
+        for key, benchmark in column_benchmarks(paper).items():
+            metrics = json.loads((work / spec["evaluations"][benchmark]).read_text())["metrics"]
+            assert float(reproduced[0][key]) == pytest.approx(metrics[key], abs=0.006)
+        md = (work / plan.table_file(table, "md")).read_text()
+        tex = (work / plan.table_file(table, "tex")).read_text()
+        assert "reproduced" in md and "\\begin{tabular}" in tex
+
+
+@pytest.mark.slow
+def test_figures_are_real_images(smoke_run):
+    from PIL import Image
+
+    work, plan, _ = smoke_run
+    for figure in FIGURE_NAMES:
+        with Image.open(work / plan.figure_file(figure, "png")) as img:
+            assert img.width >= 400 and img.height >= 250, figure
+            colours = img.convert("RGB").getcolors(maxcolors=1_000_000)
+            assert colours is None or len(colours) > 20, f"{figure} looks blank"
+        assert (work / plan.figure_file(figure, "pdf")).read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.slow
+def test_every_run_has_metrics_and_evaluations(smoke_run):
+    work, plan, _ = smoke_run
+    for path in plan.evaluation_files():
+        result = json.loads((work / path).read_text())
+        assert result["profile"] == "synthetic" and result["metrics"], path
+    audit = json.loads((work / plan.audit("fashioniq")).read_text())
+    assert audit["oracle"] and set(audit["strategies"]) == set(
+        plan.config["study"]["audit_methods"])
+
+
+@pytest.mark.slow
+def test_second_invocation_does_nothing(smoke_run):
+    work, _, _ = smoke_run
+    started = time.perf_counter()
+    result = _snakemake(work, "--cores", "2", "--resources", "gpu=1", *SMOKE, "--", "all")
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+    print(f"\nno-op invocation: {seconds:.1f} s")
+    assert seconds <= 15.0
+
+
+@pytest.mark.slow
+def test_html_report_builds(smoke_run):
+    work, _, _ = smoke_run
+    result = _snakemake(work, "--cores", "1", *SMOKE, "--report", "report.html", "--", "all")
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = (work / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000 and "fig4_negative_strategies" in html
