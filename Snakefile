@@ -2,9 +2,9 @@
 # and every path come from the tested package (qure.workflow); each rule calls a thin CLI
 # in workflow_scripts/.
 #
-#   snakemake --cores 1 --resources gpu=1 all                      # embedded synthetic default
-#   snakemake --cores 1 --resources gpu=1 --configfile config/smoke.yaml all   # CI smoke
-#   snakemake --cores 1 --resources gpu=1 --configfile config/paper.yaml all   # real data, GPU
+#   snakemake all --cores 1 --resources gpu=1                      # embedded synthetic default
+#   snakemake all --cores 1 --resources gpu=1 --configfile config/smoke.yaml   # CI smoke
+#   snakemake all --cores 1 --resources gpu=1 --configfile config/paper.yaml   # real data, GPU
 
 import json
 import os

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from qure.experiment import split_images, study_splits
 from qure.models.feature_cache import FeatureCache
 from tests.conftest import REPO_ROOT
 
@@ -34,7 +35,10 @@ def test_synthesize_pretrain_extract_train(tmp_path):
     cli("extract_features.py", "--dataset", "cirr", "--root", str(data / "cirr"),
         "--encoder", str(encoder), "--out", str(features), "--threads", "1")
     cache = FeatureCache.open(features)
-    assert len(cache) == sum(1 for _ in (data / "cirr").rglob("*.png"))
+    # Train and val images only (the study never reads test1).
+    expected = split_images(study_splits("cirr", data / "cirr"))
+    assert sorted(cache.names) == sorted(expected)
+    assert len(expected) < sum(1 for _ in (data / "cirr").rglob("*.png"))
     config = tmp_path / "train.yaml"
     config.write_text("epochs: 2\nn_def: 1\nbatch_size: 8\nlr: 0.001\nseed: 0\n")
     run = tmp_path / "run"

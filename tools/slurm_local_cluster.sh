@@ -11,14 +11,20 @@
 #   tools/slurm_local_cluster.sh env STATE_DIR      # prints: export SLURM_CONF=...
 #
 # Settings (environment): QURE_SLURM_CPUS (default: the machine's, per slurmd -C),
-# QURE_SLURM_GPUS (fake GPUs, default 2; 0 for none), QURE_SLURM_PORT (slurmctld port,
+# QURE_SLURM_GPUS (fake GPUs, default 4; 0 for none), QURE_SLURM_PORT (slurmctld port,
 # default 6817; slurmd uses the next one), QURE_SLURM_PARTITION (default "local").
 #
 # The node has no GPU. To exercise the profiles' GPU requests (--gpus=1 from the rules'
 # gpu=1 resource) anyway, it declares QURE_SLURM_GPUS fake GPU "devices": character
 # devices like /dev/null (mknod c 1 3) in STATE_DIR, listed in gres.conf. SLURM then
 # schedules and accounts them like real GPUs (and sets CUDA_VISIBLE_DEVICES); the jobs run
-# on the CPU. Where mknod is not allowed, the devices fall back to /dev/null and /dev/zero.
+# on the CPU. Where mknod is not allowed, the devices fall back to /dev/null, /dev/zero,
+# /dev/full and /dev/urandom (at most 4 fake GPUs then).
+#
+# CPUs are not a consumable resource here (SelectTypeParameters=CR_Memory): jobs share the
+# cores and only memory and the fake GPUs limit how many run at once. The smoke jobs are
+# short and spend much of their life starting Python or waiting for the executor's next
+# status check, so a few more jobs than cores keep the machine busy.
 set -euo pipefail
 
 die() { echo "slurm_local_cluster: $*" >&2; exit 1; }
@@ -49,6 +55,28 @@ paths() {
     STATE=$(realpath -m "$1")
     CONF=$STATE/slurm.conf
     MUNGE_SOCKET=$STATE/munge/munge.socket
+    RUN_CONF=/run/slurm/conf
+}
+
+# SLURM commands read SLURM_CONF, else /etc/slurm/slurm.conf, else /run/slurm/conf (where
+# a configless slurmd caches its configuration). Inside a job the executor plugin starts
+# the rule with a nested srun whose environment has no SLURM_* variables, so SLURM_CONF
+# does not reach it: link /run/slurm/conf to STATE_DIR for it. Refuse to run beside a
+# system configuration, which that srun would read instead.
+link_run_conf() {
+    [ ! -e /etc/slurm/slurm.conf ] || die "/etc/slurm/slurm.conf exists: a system SLURM is \
+configured here, and jobs' nested srun calls would use it; use that cluster instead"
+    if [ -e "$RUN_CONF" ] || [ -L "$RUN_CONF" ]; then
+        local target
+        target=$(readlink "$RUN_CONF" || true)
+        if [ -L "$RUN_CONF" ] && { [ "$target" = "$STATE" ] || [ ! -e "$target" ]; }; then
+            rm -f "$RUN_CONF"   # ours, or left dangling by an earlier test cluster
+        else
+            die "$RUN_CONF exists and belongs to another SLURM setup"
+        fi
+    fi
+    mkdir -p "$(dirname "$RUN_CONF")"
+    ln -s "$STATE" "$RUN_CONF"
 }
 
 node_cpus() {
@@ -76,7 +104,7 @@ write_conf() {
     local cpus mem gpus port node partition gres_line="" gres_types=""
     cpus=$(node_cpus)
     mem=$(node_memory)
-    gpus=${QURE_SLURM_GPUS:-2}
+    gpus=${QURE_SLURM_GPUS:-4}
     port=${QURE_SLURM_PORT:-6817}
     partition=${QURE_SLURM_PARTITION:-local}
     node=$(hostname -s)
@@ -88,8 +116,8 @@ write_conf() {
             echo "NodeName=$node Name=gpu File=$STATE/fakegpu/nvidia[0-$((gpus - 1))]" \
                 >"$STATE/gres.conf"
         else
-            [ "$gpus" -le 2 ] || die "mknod refused; at most 2 fake GPUs without it"
-            local files=(/dev/null /dev/zero)
+            [ "$gpus" -le 4 ] || die "mknod refused; at most 4 fake GPUs without it"
+            local files=(/dev/null /dev/zero /dev/full /dev/urandom)
             for ((i = 0; i < gpus; i++)); do
                 echo "NodeName=$node Name=gpu File=${files[$i]}" >>"$STATE/gres.conf"
             done
@@ -127,9 +155,10 @@ MinJobAge=3600
 MaxJobCount=100000
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
+SelectTypeParameters=CR_Memory
 ReturnToService=2
 MpiDefault=none
+MailProg=/bin/true
 SlurmctldTimeout=30
 SlurmdTimeout=60
 InactiveLimit=0
@@ -152,7 +181,10 @@ cmd_start() {
         bs=1024 count=1 status=none
     chmod 600 "$STATE/munge/munge.key"
     write_conf
+    link_run_conf
     export SLURM_CONF=$CONF
+    # A failed start leaves nothing running.
+    trap 'cmd_stop "$STATE" >/dev/null 2>&1 || true' EXIT
     munged --force --socket="$MUNGE_SOCKET" --key-file="$STATE/munge/munge.key" \
         --pid-file="$STATE/munge/munged.pid" --log-file="$STATE/log/munged.log" \
         --seed-file="$STATE/munge/munged.seed"
@@ -175,6 +207,7 @@ cmd_start() {
             die "node not ready after 60 s (state: ${state:-none})"
             ;;
     esac
+    trap - EXIT
     echo "slurm_local_cluster: up ($(sinfo -h -o '%P %D %c CPUs %m MB %G' | head -1))"
     echo "export SLURM_CONF=$CONF"
 }
@@ -202,6 +235,9 @@ cmd_stop() {
     stop_pidfile "$STATE/slurmd.pid" slurmd
     stop_pidfile "$STATE/slurmctld.pid" slurmctld
     stop_pidfile "$STATE/munge/munged.pid" munged
+    if [ -L "$RUN_CONF" ] && [ "$(readlink "$RUN_CONF")" = "$STATE" ]; then
+        rm -f "$RUN_CONF"
+    fi
     echo "slurm_local_cluster: stopped"
 }
 

@@ -48,6 +48,13 @@ def load_splits(dataset: str, root: str | Path, split: str,
     return [benchmark.load_split(split, category) for category in benchmark.categories]
 
 
+def study_splits(dataset: str, root: str | Path) -> list[CIRSplit]:
+    """The splits the workflow trains and evaluates on (test splits are left out: their
+    targets are hidden and the study reports validation numbers)."""
+    names = [s for s in (TRAIN_SPLIT.get(dataset), VAL_SPLIT.get(dataset)) if s]
+    return [split for name in names for split in load_splits(dataset, root, name)]
+
+
 def split_images(splits: Iterable[CIRSplit]) -> list[str]:
     """Gallery and query images of the splits, each once, in first-seen order."""
     return list(dict.fromkeys(name for split in splits for name in split.images()))
@@ -182,9 +189,9 @@ def pretrain_encoder_step(benchmarks: Mapping[str, str | Path], out: str | Path,
 def features_step(dataset: str, root: str | Path, encoder_path: str | Path,
                   out: str | Path, *, batch_size: int = 128,
                   progress: bool = True) -> FeatureCache:
-    """Cache frozen features of every image of every split the dataset has on disk."""
-    benchmark = open_dataset(dataset, root)
-    splits = [benchmark.load_split(s, c) for s, c in benchmark.subsets()]
+    """Cache frozen features of every image the study reads: the training split (where
+    the dataset has one) and the validation split, every category."""
+    splits = study_splits(dataset, root)
     return extract_features(out, split_images(splits), image_locator(splits),
                             load_encoder(encoder_path), batch_size=batch_size,
                             progress=progress)
@@ -320,8 +327,7 @@ def backbone_features_step(dataset: str, root: str | Path, backbone_path: str | 
 
         names, locate = hp_image_locator(root, image_root)
     else:
-        benchmark = open_dataset(dataset, root)
-        splits = [benchmark.load_split(s, c) for s, c in benchmark.subsets()]
+        splits = study_splits(dataset, root)
         names, locate = split_images(splits), image_locator(splits)
     return build_feature_cache(out, names, image_loader(locate, transform), backbone,
                                transform.config, batch_size=batch_size, progress=progress)
