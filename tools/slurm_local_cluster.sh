@@ -21,8 +21,7 @@
 # on the CPU. Where mknod is not allowed, the devices fall back to /dev/null, /dev/zero,
 # /dev/full and /dev/urandom (at most 4 fake GPUs then).
 #
-# CPUs are not a consumable resource here (SelectTypeParameters=CR_Memory): jobs share the
-# cores and only memory and the fake GPUs limit how many run at once. The smoke jobs are
+# The partition lets two jobs share each core (OverSubscribe=FORCE:2): the smoke jobs are
 # short and spend much of their life starting Python or waiting for the executor's next
 # status check, so a few more jobs than cores keep the machine busy.
 set -euo pipefail
@@ -155,7 +154,7 @@ MinJobAge=3600
 MaxJobCount=100000
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Memory
+SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 MpiDefault=none
 MailProg=/bin/true
@@ -165,7 +164,7 @@ InactiveLimit=0
 KillWait=5
 $gres_types
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem $gres_line State=UNKNOWN
-PartitionName=$partition Nodes=$node Default=YES MaxTime=INFINITE State=UP
+PartitionName=$partition Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
 EOF
 }
 
@@ -190,8 +189,18 @@ cmd_start() {
         --seed-file="$STATE/munge/munged.seed"
     # -c: a clean start (no saved jobs); -i: ignore a stale state after a crash.
     slurmctld -c -i
-    slurmd -N "$(hostname -s)"
-    local i state=""
+    local i
+    for ((i = 0; i < 30; i++)); do
+        [[ "$(scontrol ping 2>&1 || true)" == *UP* ]] && break
+        sleep 1
+    done
+    if [[ "$(scontrol ping 2>&1 || true)" != *UP* ]]; then
+        tail -n 20 "$STATE/log/slurmctld.log" >&2 || true
+        die "slurmctld did not start"
+    fi
+    # slurmd stays in the foreground until it has registered with slurmctld.
+    timeout 60 slurmd -N "$(hostname -s)"
+    local state=""
     for ((i = 0; i < 60; i++)); do
         state=$(sinfo -h -N -o '%T' 2>/dev/null | head -1 || true)
         case "$state" in

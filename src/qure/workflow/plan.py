@@ -132,7 +132,7 @@ class Plan:
         return json.dumps({name: {"label": methods[name]["label"],
                                   "strategy": methods[name]["strategy"],
                                   "strategy_params": methods[name]["strategy_params"]}
-                           for name in self.config["study"]["audit_methods"]}, sort_keys=True)
+                           for name in self.config["study"]["audit_methods"]})
 
     # --- tables and figures -------------------------------------------------------------
 
