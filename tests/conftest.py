@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,3 +33,53 @@ def shared_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+# --- one smoke study, shared by the end-to-end tests ---------------------------------------
+
+#: Appended to every DVC stage's Snakemake call (see qure.workflow.dvc); two cores speed
+#: up the stages with many small jobs (evaluation, tables, figures).
+SMOKE_SNAKEMAKE_ARGS = "--configfile config/smoke.yaml --cores 2"
+
+
+def smoke_env() -> dict[str, str]:
+    bin_dir = os.path.dirname(sys.executable)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "QURE_SNAKEMAKE_ARGS": SMOKE_SNAKEMAKE_ARGS, "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "qure-test", "GIT_AUTHOR_EMAIL": "qure-test@example.invalid",
+            "GIT_COMMITTER_NAME": "qure-test",
+            "GIT_COMMITTER_EMAIL": "qure-test@example.invalid"}
+
+
+def _checked(cmd: list[str], cwd: Path, timeout: int) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=smoke_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    out = result.stdout + result.stderr
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}"
+                         for p in (cwd / "logs").rglob("*.log") if "rror" in p.read_text()
+                         ) if (cwd / "logs").is_dir() else ""
+        pytest.fail(f"{' '.join(cmd)} failed:\n{out[-5000:]}\n{logs[-5000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory) -> dict:
+    """A git copy of the repository after ``dvc repro`` of the smoke study: every DVC
+    stage, i.e. the whole Snakemake DAG on the smallest synthetic benchmarks."""
+    work = tmp_path_factory.mktemp("smoke_study") / "origin"
+    listed = _checked(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                      REPO_ROOT, 60)
+    for rel in listed.splitlines():
+        if (REPO_ROOT / rel).is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / rel, work / rel)
+    _checked(["git", "init", "-q"], work, 60)
+    _checked(["git", "add", "-A"], work, 60)
+    _checked(["git", "commit", "-q", "-m", "copy"], work, 60)
+    started = time.perf_counter()
+    repro = _checked([sys.executable, "-m", "dvc", "repro"], work, 1800)
+    seconds = time.perf_counter() - started
+    print(f"\ndvc repro (smoke study): {seconds:.1f} s")
+    status = _checked([sys.executable, "-m", "dvc", "status"], work, 300)
+    return {"work": work, "repro": repro, "status": status, "seconds": seconds}

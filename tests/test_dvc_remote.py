@@ -8,7 +8,6 @@ One ``dvc repro`` of the smoke study (several minutes) is shared by every test h
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -21,10 +20,9 @@ import yaml
 
 from qure.workflow.dvc import STAGE_RULES, dvc_outputs
 from qure.workflow.plan import FIGURE_NAMES
+from tests.conftest import smoke_env
 
 REPO = Path(__file__).resolve().parents[1]
-#: Appended to every stage's Snakemake call (see qure.workflow.dvc).
-SNAKEMAKE_ARGS = "--configfile config/smoke.yaml"
 #: Rules whose jobs must not run when the tables and figures are rebuilt from pulled files.
 FORBIDDEN = re.compile(r"^(train|pretrain\w*|extract\w*features\w*|synthesize\w*|evaluate"
                        r"|audit_hard_sets|hard_negative_examples)$")
@@ -35,12 +33,7 @@ pytestmark = pytest.mark.slow
 
 
 def _env() -> dict[str, str]:
-    bin_dir = os.path.dirname(sys.executable)
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "QURE_SNAKEMAKE_ARGS": SNAKEMAKE_ARGS, "DVC_NO_ANALYTICS": "1",
-            "GIT_AUTHOR_NAME": "qure-test", "GIT_AUTHOR_EMAIL": "qure-test@example.invalid",
-            "GIT_COMMITTER_NAME": "qure-test",
-            "GIT_COMMITTER_EMAIL": "qure-test@example.invalid"}
+    return smoke_env()
 
 
 def _run(cwd: Path, *cmd: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -76,31 +69,19 @@ def _stages_run(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def origin(tmp_path_factory):
-    """A git copy of the repository after ``dvc repro`` of the smoke study and
-    ``dvc push`` to a local-folder remote (dvc.lock committed)."""
-    root = tmp_path_factory.mktemp("dvc_remote")
-    work, remote = root / "origin", root / "remote"
-    listed = _git(REPO, "ls-files", "--cached", "--others", "--exclude-standard")
-    for rel in listed.splitlines():
-        if (REPO / rel).is_file():
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, work / rel)
-    _git(work, "init", "-q")
-    _git(work, "add", "-A")
-    _git(work, "commit", "-q", "-m", "copy")
-    started = time.perf_counter()
-    repro = _dvc(work, "repro", timeout=1800)
-    seconds = time.perf_counter() - started
-    print(f"\ndvc repro (smoke): {seconds:.1f} s, {len(_rules_run(repro))} Snakemake jobs")
-    status = _dvc(work, "status")
+def origin(smoke_study, tmp_path_factory):
+    """The smoke study's repository (``dvc repro`` done, see conftest) after ``dvc push``
+    to a local-folder remote, with dvc.lock committed."""
+    work = smoke_study["work"]
+    remote = tmp_path_factory.mktemp("dvc_remote") / "remote"
     _dvc(work, "remote", "add", "--local", "-d", "shared", str(remote))
     started = time.perf_counter()
     _dvc(work, "push")
     print(f"dvc push: {time.perf_counter() - started:.1f} s")
     _git(work, "add", "dvc.lock")
     _git(work, "commit", "-q", "-m", "dvc.lock after repro")
-    return {"work": work, "remote": remote, "repro": repro, "status": status}
+    return {"work": work, "remote": remote, "repro": smoke_study["repro"],
+            "status": smoke_study["status"]}
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +131,32 @@ def test_pull_restores_checkpoints_metrics_and_scores(origin, clone):
     assert UP_TO_DATE in _dvc(clone, "status")
 
 
-def test_clone_rebuilds_tables_and_figures_without_training(clone):
+def _delete_tables_and_figures(clone: Path) -> None:
     for folder in ("results/tables", "results/figures"):
         shutil.rmtree(clone / folder)
-    started = time.perf_counter()
+
+
+def _assert_tables_and_figures(clone: Path) -> None:
+    for path in _outputs(clone):
+        if path.startswith(("results/tables/", "results/figures/")):
+            assert (clone / path).is_file(), path
+
+
+def test_clone_repro_restores_deleted_tables_and_figures_from_the_cache(clone):
+    """Plain ``dvc repro`` after a pull: every stage is up to date by hash; DVC checks
+    the deleted files out of its cache and runs nothing."""
+    _delete_tables_and_figures(clone)
     out = _dvc(clone, "repro", timeout=900)
+    assert not _stages_run(out) and not _rules_run(out), out[-3000:]
+    _assert_tables_and_figures(clone)
+
+
+def test_clone_rebuilds_tables_and_figures_without_training(clone):
+    """Forced rebuild of the two presentation stages: Snakemake runs only the table and
+    figure jobs on the pulled files, whatever their modification times."""
+    _delete_tables_and_figures(clone)
+    started = time.perf_counter()
+    out = _dvc(clone, "repro", "--force", "--single-item", "tables", "figures", timeout=900)
     seconds = time.perf_counter() - started
     rules = _rules_run(out)
     print(f"\nrebuild after pull: {seconds:.1f} s, jobs: {sorted(set(rules))}")
@@ -162,7 +164,5 @@ def test_clone_rebuilds_tables_and_figures_without_training(clone):
     assert rules, out[-3000:]
     assert not [r for r in rules if FORBIDDEN.match(r)], out[-3000:]
     assert set(rules) <= PRESENTATION
-    for path in _outputs(clone):
-        if path.startswith(("results/tables/", "results/figures/")):
-            assert (clone / path).is_file(), path
+    _assert_tables_and_figures(clone)
     assert UP_TO_DATE in _dvc(clone, "status")

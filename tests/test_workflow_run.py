@@ -1,13 +1,13 @@
-"""The whole DAG end to end on the smoke config, in a copy of the repository: tables hold
-real numbers beside the paper's, figures are real images, a second invocation does
-nothing, and the HTML report builds."""
+"""The whole DAG end to end on the smoke config (run once by ``dvc repro`` in a copy of
+the repository, shared with the DVC tests): tables hold real numbers beside the paper's,
+figures are real images, a second Snakemake invocation does nothing, and the HTML report
+builds."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -31,32 +31,11 @@ def _snakemake(cwd: Path, *args: str, timeout: int = 1200) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _tracked_files() -> list[str]:
-    result = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True)
-    return [line for line in result.stdout.splitlines() if line]
-
-
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """A repository copy after one smoke ``all`` (about 3-5 min on 2 cores)."""
-    work = tmp_path_factory.mktemp("smoke_repo")
-    for rel in _tracked_files():
-        src = REPO / rel
-        if src.is_file():
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / rel)
-    started = time.perf_counter()
-    result = _snakemake(work, "--cores", "2", "--resources", "gpu=1", *SMOKE, "--", "all")
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in (work / "logs").rglob("*.log")
-                         if "rror" in p.read_text())
-        pytest.fail(f"smoke workflow failed after {seconds:.0f} s:\n{result.stderr[-4000:]}\n"
-                    f"{logs[-6000:]}")
-    print(f"\nsmoke workflow: {seconds:.1f} s")
+def smoke_run(smoke_study):
+    """The smoke study's repository after ``dvc repro`` (every stage; see conftest)."""
     config = load_config(REPO / "config" / "config.yaml", REPO / "config" / "smoke.yaml")
-    return work, Plan(config), seconds
+    return smoke_study["work"], Plan(config), smoke_study["seconds"]
 
 
 @pytest.mark.slow

@@ -2,8 +2,10 @@
 # A one-node SLURM cluster on loopback for testing the workflow's SLURM profile
 # (tests/test_slurm_cluster.py). Everything but the Debian packages lives in STATE_DIR:
 # munge key and socket, slurm.conf, gres.conf, spool and state folders, logs, pid files.
-# Clients find the cluster through SLURM_CONF=STATE_DIR/slurm.conf; nothing under /etc is
-# written, so a system SLURM or munge (if any) is left alone.
+# Clients find the cluster through SLURM_CONF=STATE_DIR/slurm.conf. Outside STATE_DIR only
+# the link /run/slurm/conf -> STATE_DIR is made (removed by stop; see link_run_conf);
+# nothing under /etc is written, and start refuses to run where /etc/slurm/slurm.conf
+# exists (a configured system SLURM).
 #
 #   tools/slurm_local_cluster.sh install            # apt-get slurm-wlm and munge (root)
 #   tools/slurm_local_cluster.sh start STATE_DIR    # munged, slurmctld, slurmd; waits idle
