@@ -123,3 +123,18 @@ def test_bad_config_names_the_key():
         TrainConfig(strategy="hardest")
     with pytest.raises(ValueError, match="unknown train config key"):
         TrainConfig.from_dict({"epochz": 3})
+
+
+def test_stale_checkpoint_is_discarded_when_inputs_change(tmp_path):
+    from qure.experiment import discard_stale_checkpoint
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    (tmp_path / "snapshots").mkdir()
+    discard_stale_checkpoint(tmp_path, {"init": "a", "features": "f"})
+    # No record of the inputs the checkpoint came from: it cannot be trusted.
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "snapshots").exists()
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    discard_stale_checkpoint(tmp_path, {"init": "a", "features": "f"})
+    assert (tmp_path / "checkpoint.pt").exists()  # same inputs: resume
+    discard_stale_checkpoint(tmp_path, {"init": "b", "features": "f"})
+    assert not (tmp_path / "checkpoint.pt").exists()  # new init weights: start over

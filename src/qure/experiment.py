@@ -7,7 +7,10 @@ a default location), so the same calls serve the synthetic default and real data
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -226,6 +229,9 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
     else:  # the cache records its preprocessing; the fingerprint still checks the weights
         preprocess = FeatureCache.open(features).index.get("preprocess")
     cache = FeatureCache.open_for(features, backbone, preprocess)
+    discard_stale_checkpoint(out_dir, {"init": file_sha256(init) if init else None,
+                                       "features": cache.fingerprint,
+                                       "single_vector": single_vector})
     table = feature_table(cache)
     data = TrainingData.from_splits(train_splits)
     oracle = benchmark_oracle(root)
@@ -259,6 +265,31 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
     return summary
 
 
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def discard_stale_checkpoint(out_dir: str | Path, inputs: Mapping[str, Any]) -> None:
+    """Resume only from a checkpoint made from the same inputs (initial weights, feature
+    cache, variant): a workflow that reruns a run because an input changed must not
+    silently continue the old one. The training config itself is checked by the trainer."""
+    out_dir = Path(out_dir)
+    record = out_dir / "run_inputs.json"
+    checkpoint = out_dir / "checkpoint.pt"
+    if checkpoint.exists():
+        previous = json.loads(record.read_text()) if record.is_file() else None
+        if previous != dict(inputs):
+            log.warning("%s: inputs changed since the checkpoint was written; starting over",
+                        out_dir)
+            checkpoint.unlink()
+            shutil.rmtree(out_dir / "snapshots", ignore_errors=True)
+    atomic_write_json(record, dict(inputs))
+
+
 def load_pretrained(path: str | Path, *, single_vector: bool) -> Any:
     """A pretrained backbone checkpoint, refused if its variant differs from the run's."""
     backbone, _ = load_backbone(path)
@@ -284,6 +315,7 @@ def pretrain_qformer_step(benchmarks: Mapping[str, str | Path],
     val_splits: list[CIRSplit] = []
     names: list[str] = []
     rows: list[torch.Tensor] = []
+    fingerprints: list[str] = []
     for dataset, root in benchmarks.items():
         train_splits += load_splits(dataset, root, TRAIN_SPLIT[dataset])
         if not val_splits:  # metrics are per dataset; monitor the first one
@@ -294,11 +326,13 @@ def pretrain_qformer_step(benchmarks: Mapping[str, str | Path],
         cache = FeatureCache.open_for(features[dataset], backbone, preprocess_config(encoder))
         names += list(cache.names)
         rows.append(cache.as_tensor())
+        fingerprints.append(cache.fingerprint)
     if len(set(names)) != len(names):
         raise ValueError("pretraining benchmarks share image names; their feature caches "
                          "cannot be combined")
     table = FeatureTable(names, torch.cat(rows))
     data = TrainingData.from_splits(train_splits)
+    discard_stale_checkpoint(out_dir, {"features": fingerprints, "single_vector": single_vector})
     trainer = Trainer(backbone, data, table, config, out_dir, val_splits=val_splits,
                       progress=progress)
     history = trainer.fit()

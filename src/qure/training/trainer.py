@@ -205,8 +205,7 @@ class Trainer:
             "history": self.history,
         }
         atomic_torch_save(self.checkpoint_path, state)
-        lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in self.history)
-        atomic_write_text(self.history_path, lines)
+        self._write_history()
 
     def _resume(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -383,4 +382,11 @@ class Trainer:
             log.info("epoch %d: loss %.4f, tau %.4f%s", epoch, loss, record["temperature"],
                      f", val {headline} {record['val_headline']:.2f}"
                      if "val_headline" in record else "")
+        # A run resumed after its last epoch (its outputs deleted by a workflow rerun)
+        # still leaves its history beside the checkpoint.
+        self._write_history()
         return self.history
+
+    def _write_history(self) -> None:
+        lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in self.history)
+        atomic_write_text(self.history_path, lines)
