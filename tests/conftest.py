@@ -42,10 +42,14 @@ def shared_data() -> Path:
 SMOKE_SNAKEMAKE_ARGS = "--configfile config/smoke.yaml --cores 2"
 
 
-def smoke_env() -> dict[str, str]:
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's folder (snakemake, dvc) first on PATH."""
     bin_dir = os.path.dirname(sys.executable)
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-            "QURE_SNAKEMAKE_ARGS": SMOKE_SNAKEMAKE_ARGS, "DVC_NO_ANALYTICS": "1",
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def smoke_env() -> dict[str, str]:
+    return {**tool_env(), "QURE_SNAKEMAKE_ARGS": SMOKE_SNAKEMAKE_ARGS, "DVC_NO_ANALYTICS": "1",
             "GIT_AUTHOR_NAME": "qure-test", "GIT_AUTHOR_EMAIL": "qure-test@example.invalid",
             "GIT_COMMITTER_NAME": "qure-test",
             "GIT_COMMITTER_EMAIL": "qure-test@example.invalid"}

@@ -4,7 +4,6 @@ dvc.yaml, Snakemake lint and dry runs (default, smoke and paper profiles)."""
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from qure.workflow.config import (
 )
 from qure.workflow.dvc import dvc_outputs, render_dvc_yaml
 from qure.workflow.plan import FIGURE_NAMES, TABLE_NAMES, Plan
+from tests.conftest import tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "config" / "config.yaml"
@@ -30,9 +30,7 @@ PAPER = REPO / "config" / "paper.yaml"
 
 
 def snakemake(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
-           + os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=tool_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,16 +18,14 @@ from qure.reporting.paper import paper_table
 from qure.reporting.tables import TABLES, column_benchmarks
 from qure.workflow.config import load_config
 from qure.workflow.plan import FIGURE_NAMES, TABLE_NAMES, Plan
-from tests.conftest import smoke_env
+from tests.conftest import smoke_env, tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--configfile", "config/smoke.yaml"]
 
 
 def _snakemake(cwd: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep
-           + os.environ.get("PATH", "")}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=tool_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 

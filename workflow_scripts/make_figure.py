@@ -16,19 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qure.cli import reports_errors, setup_logging
+from qure.cli import parse_pairs, reports_errors, setup_logging
 from qure.errors import ConfigError
 from qure.reporting import figures
-
-
-def _pairs(items: list[str], option: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            raise ConfigError(f"{option} {item!r}: expected LABEL=PATH")
-        out[label] = path
-    return out
 
 
 @reports_errors
@@ -46,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out-prefix", required=True, help="writes PREFIX.png/.pdf")
     args = parser.parse_args(argv)
     setup_logging()
-    histories = _pairs(args.history, "--history")
+    histories = parse_pairs(args.history, "--history")
     if args.figure == "fig4":
         fig = figures.fig4_negative_strategies(histories, args.metric, args.dataset,
                                                args.profile)

@@ -16,21 +16,10 @@ import sys
 
 import torch
 
-from qure.cli import reports_errors, setup_logging
+from qure.cli import parse_pairs, reports_errors, setup_logging
 from qure.errors import ConfigError
 from qure.experiment import TRAIN_SPLIT, pretrain_qformer_step
 from qure.training.trainer import TrainConfig
-
-
-def _pairs(items: list[str], option: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or name not in TRAIN_SPLIT or not path:
-            raise ConfigError(f"{option} {item!r}: expected NAME=PATH with NAME in "
-                              f"{list(TRAIN_SPLIT)}")
-        out[name] = path
-    return out
 
 
 @reports_errors
@@ -48,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    benchmarks = _pairs(args.benchmark, "--benchmark")
-    features = _pairs(args.features, "--features")
+    benchmarks = parse_pairs(args.benchmark, "--benchmark", list(TRAIN_SPLIT))
+    features = parse_pairs(args.features, "--features", list(TRAIN_SPLIT))
     if set(benchmarks) != set(features):
         raise ConfigError("--benchmark and --features must name the same datasets")
     try:

@@ -34,6 +34,19 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_pairs(items: list[str], option: str,
+                allowed: list[str] | None = None) -> dict[str, str]:
+    """``["a=x", "b=y"]`` -> ``{"a": "x", "b": "y"}``; errors name the option and item."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value or (allowed is not None and name not in allowed):
+            expected = "NAME=PATH" + (f" with NAME in {allowed}" if allowed is not None else "")
+            raise ConfigError(f"{option} {item!r}: expected {expected}")
+        out[name] = value
+    return out
+
+
 def reports_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Turn bad-input errors into one ``error: ...`` line on stderr and exit status 2.
 

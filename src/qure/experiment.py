@@ -227,7 +227,7 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
     if encoder_path is not None:
         preprocess = preprocess_config(load_encoder(encoder_path))
     else:  # the cache records its preprocessing; the fingerprint still checks the weights
-        preprocess = FeatureCache.open(features).index.get("preprocess")
+        preprocess = FeatureCache.recorded_preprocess(features)
     cache = FeatureCache.open_for(features, backbone, preprocess)
     discard_stale_checkpoint(out_dir, {"init": file_sha256(init) if init else None,
                                        "features": cache.fingerprint,

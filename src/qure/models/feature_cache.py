@@ -190,6 +190,11 @@ class FeatureCache:
         """Open ``path`` and check it matches ``backbone``'s frozen part and ``preprocess``."""
         return cls.open(path, fingerprint=backbone.frozen_fingerprint(preprocess))
 
+    @staticmethod
+    def recorded_preprocess(path: str | Path) -> Any:
+        """The preprocessing a cache's index records (read without opening the data)."""
+        return read_json(index_path(path), dict).get("preprocess")
+
     @property
     def names(self) -> list[str]:
         return self.index["names"]

@@ -52,8 +52,7 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def open_features(path: str | Path, backbone: Any) -> FeatureTable:
     """A feature cache as a table, refused unless it came from ``backbone``'s frozen part."""
-    index = FeatureCache.open(path).index
-    cache = FeatureCache.open_for(path, backbone, index.get("preprocess"))
+    cache = FeatureCache.open_for(path, backbone, FeatureCache.recorded_preprocess(path))
     return FeatureTable(list(cache.names), cache.as_tensor())
 
 
