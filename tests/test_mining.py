@@ -40,7 +40,7 @@ def assert_matches_reference(scores: torch.Tensor, targets: torch.Tensor,
                              exclude: torch.Tensor | None = None, **params) -> HardNegativeSets:
     sets = hard_negative_sets(scores, targets, "qure", exclude_index=exclude, **params)
     ref_params = {k: v for k, v in params.items()
-                  if k in ("consecutive_threshold", "fallback", "fallback_k")}
+                  if k in ("consecutive_threshold", "fallback", "fallback_k", "search_depth")}
     ref_sets, ref_flags = reference_hard_negative_sets(scores, targets, exclude_index=exclude,
                                                        **ref_params)
     assert len(sets) == len(ref_sets)
@@ -104,6 +104,54 @@ def test_walk_pairs_consecutive_drops_never_first_with_third():
     # tail position p sits in column p + 1 (the target is column 0)
     assert sets[0].tolist() == [4, 5, 6, 7]
     assert_matches_reference(row[None], torch.tensor([0]))
+
+
+def test_search_depth_keeps_the_drops_near_the_target():
+    # Target first; a cluster boundary after 3 items, a second one after 7, then a long
+    # continuum whose bottom spacings are the steepest drops of the whole tail.
+    head = [10.0, 9.0, 8.9, 8.8, 8.0, 7.9, 7.8, 7.7, 7.6, 7.0]
+    bottom = [6.95 - 0.01 * i for i in range(40)] + [2.0, 0.0]
+    row = torch.tensor(head + bottom, dtype=torch.float64)[None]
+    target = torch.tensor([0])
+    whole = hard_negative_sets(row, target, "qure")
+    # Released rule: the steepest drops are 6.56->2.0 and 2.0->0.0 (adjacent), so the
+    # walk pairs 2.0->0.0 with 8.8->8.0: the set runs from 8.0 down to 2.0 (column 50).
+    assert whole[0].tolist() == list(range(4, 51))
+    near = hard_negative_sets(row, target, "qure", search_depth=9)
+    # Within the first 10 items after the target the steepest drops are 8.8->8.0 (0.8)
+    # and 7.6->7.0 (0.6): the set is the plateau 8.0 ... 7.6, columns 4..8.
+    assert near[0].tolist() == [4, 5, 6, 7, 8]
+    assert_matches_reference(row, target, search_depth=9)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 5, 20, 1000])
+@pytest.mark.parametrize("kind", ["gauss", "ties5", "neginf", "bimodal"])
+def test_search_depth_equals_reference(kind, depth):
+    g = torch.Generator().manual_seed(depth * 7 + len(kind))
+    q, n = 24, int(torch.randint(2, 120, (1,), generator=g))
+    if kind == "ties5":
+        x = torch.randint(0, 5, (q, n), generator=g).float()
+    elif kind == "bimodal":
+        x = torch.randn(q, n, generator=g) + 8.0 * (torch.rand(q, n, generator=g) < 0.5)
+    else:
+        x = torch.randn(q, n, generator=g)
+        if kind == "neginf":
+            x[torch.rand(q, n, generator=g) < 0.2] = -INF
+    targets = torch.randint(0, n, (q,), generator=g)
+    targets[0], targets[1] = int(x[0].argmax()), int(x[1].argmin())
+    exclude = torch.randint(-1, n, (q,), generator=g)
+    for threshold in (0, 1, 3):
+        sets = assert_matches_reference(x, targets, search_depth=depth,
+                                        consecutive_threshold=threshold)
+        check_set_invariants(sets, targets)
+        sets = assert_matches_reference(x, targets, exclude, search_depth=depth,
+                                        consecutive_threshold=threshold)
+        check_set_invariants(sets, targets, exclude)
+    # A depth covering the whole tail is the released rule.
+    if depth >= n:
+        unbounded = hard_negative_sets(x, targets, "qure")
+        assert unbounded.to_lists() == hard_negative_sets(
+            x, targets, "qure", search_depth=depth).to_lists()
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -483,6 +531,11 @@ def test_input_validation_names_the_argument():
         hard_negative_sets(x, t, "trns", low=0.5, high=1.5)
     with pytest.raises(MiningError, match=r"low, high: low \(0.5\) exceeds high"):
         hard_negative_sets(x, t, "trns", mode="absolute", low=0.5, high=0.1)
+    for bad_depth in (0, -3, 2.5, True):
+        with pytest.raises(MiningError, match="search_depth: expected a positive int"):
+            hard_negative_sets(x, t, "qure", search_depth=bad_depth)
+    with pytest.raises(MiningError, match="search_depth: not a parameter of strategy 'trns'"):
+        hard_negative_sets(x, t, "trns", search_depth=5)
     with pytest.raises(MiningError, match="k: not a parameter of strategy 'qure'"):
         hard_negative_sets(x, t, "qure", k=3)
     with pytest.raises(MiningError, match="chunk_size: expected a positive int"):

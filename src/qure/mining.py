@@ -357,8 +357,13 @@ def hard_negative_sets(
               ``fallback``, ``fallback_k``, and the speed knobs ``n_candidates``
               (drops certified per row, default 8) and ``n_buckets`` (default: ``N // 16``
               then ``N // 2`` for rows left over; 1 forces the sorted path), which
-              never change the result. Deviations from the release: ties are ranked by
-              column and equal drops by position (the release's sorts are unstable),
+              never change the result. ``search_depth`` (default ``None``: the
+              whole tail, as released) is a *variant*, not the paper's rule: only
+              the first ``search_depth`` drops after the target (those among the
+              ``search_depth + 1`` items ranked right after it) are ordered and
+              walked, so the set lies near the target. Deviations from the release:
+              ties are ranked by column and equal drops by position (the release's
+              sorts are unstable),
               the drop between equal scores is 0, and the fallback replaces the reuse
               of the previous query's bounds.
             * ``"all"``: every column except the target (the pool QuRe's warm-up
@@ -583,7 +588,8 @@ def mine_grouped(
 
 
 _ALLOWED_PARAMS: Mapping[str, tuple[str, ...]] = {
-    "qure": ("consecutive_threshold", "fallback", "fallback_k", "n_candidates", "n_buckets"),
+    "qure": ("consecutive_threshold", "fallback", "fallback_k", "n_candidates", "n_buckets",
+             "search_depth"),
     "all": (),
     "topk": ("k",),
     "after_target_topk": ("k",),
@@ -600,6 +606,7 @@ class _MiningConfig:
     fallback_k: int = DEFAULT_FALLBACK_K
     n_candidates: int = 8
     n_buckets: int | None = None
+    search_depth: int | None = None
     mode: str = DEFAULT_TRNS_MODE
     low: float = DEFAULT_TRNS_LOW
     high: float = DEFAULT_TRNS_HIGH
@@ -636,6 +643,12 @@ class _MiningConfig:
             or self.n_buckets < 1
         ):
             raise MiningError(f"n_buckets: expected a positive int, got {self.n_buckets!r}")
+        if self.search_depth is not None and (
+            isinstance(self.search_depth, bool) or not isinstance(self.search_depth, int)
+            or self.search_depth < 1
+        ):
+            raise MiningError(
+                f"search_depth: expected a positive int or null, got {self.search_depth!r}")
         if self.fallback not in FALLBACKS:
             raise MiningError(
                 f"fallback: unknown fallback {self.fallback!r}; expected one of {FALLBACKS}"
@@ -771,7 +784,9 @@ def _two_drops_chunk(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, tgt: t
     """Fill ``mask`` with the two-drops sets of a chunk; return the fallback flags."""
     rows, n = x.shape
     solved = torch.zeros(rows, dtype=torch.bool, device=x.device)
-    if n >= 4:
+    # The histogram certifies the largest drops of the whole tail; a bounded search
+    # depth needs the ranked row (sorted path).
+    if n >= 4 and cfg.search_depth is None:
         if cfg.n_buckets is not None:
             levels = [cfg.n_buckets]
         else:
@@ -931,9 +946,13 @@ def _two_drops_sorted(x: torch.Tensor, tgt: torch.Tensor, exc: torch.Tensor | No
         drops = torch.where(lower == upper, torch.zeros((), dtype=x.dtype, device=dev),
                             lower - upper)
         in_tail = positions[: n - 1] > pos_t[:, None]
+        if cfg.search_depth is not None:
+            in_tail &= positions[: n - 1] <= pos_t[:, None] + cfg.search_depth
         drops = drops.masked_fill(~in_tail, math.inf)
         drop_order = torch.sort(drops, dim=1, stable=True).indices
         n_drops = (n - 2 - pos_t).clamp(min=0)
+        if cfg.search_depth is not None:
+            n_drops = n_drops.clamp(max=cfg.search_depth)
         a, b = drop_order[:, :-1], drop_order[:, 1:]
         pair = torch.arange(n - 2, device=dev)
         qualifies = ((a - b).abs() > cfg.consecutive_threshold) & (
@@ -1011,18 +1030,20 @@ def two_drops_reference(
     *,
     consecutive_threshold: int = 1,
     exclude: int | None = None,
+    search_depth: int | None = None,
 ) -> np.ndarray | None:
     """The two-drops rule for one query, transcribed step by step; None if no pair.
 
     Returns the sorted columns of the set (target and ``exclude`` removed), or None
     when no pair of drops qualifies. Deliberately naive: one stable argsort, one diff,
     one stable argsort of the drops, and a Python loop over consecutive pairs.
+    ``search_depth`` keeps only the first ``search_depth + 1`` items after the target.
     """
     row = np.asarray(row)
     order = np.argsort(-row, kind="stable")
     ranked = row[order]
     t = int(np.flatnonzero(order == target)[0])
-    tail = ranked[t + 1 :]
+    tail = ranked[t + 1 :] if search_depth is None else ranked[t + 1 : t + 2 + search_depth]
     with np.errstate(invalid="ignore"):
         drops = np.diff(tail)
     drops[tail[1:] == tail[:-1]] = 0
@@ -1045,6 +1066,7 @@ def reference_hard_negative_sets(
     consecutive_threshold: int = 1,
     fallback: str = DEFAULT_FALLBACK,
     fallback_k: int = DEFAULT_FALLBACK_K,
+    search_depth: int | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Per-query loop over :func:`two_drops_reference` with the same fallback rule.
 
@@ -1058,7 +1080,8 @@ def reference_hard_negative_sets(
     for i, target in enumerate(targets.tolist()):
         ex = None if excludes is None or excludes[i] < 0 else int(excludes[i])
         found = two_drops_reference(scores[i], target,
-                                    consecutive_threshold=consecutive_threshold, exclude=ex)
+                                    consecutive_threshold=consecutive_threshold, exclude=ex,
+                                    search_depth=search_depth)
         if found is None:
             flags[i] = True
             found = np.zeros(0, dtype=np.int64)
