@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from qure.cli import reports_errors, setup_logging
+from qure.cli import parse_pairs, reports_errors, setup_logging
 from qure.experiment import TRAIN_SPLIT, pretrain_encoder_step
 
 
@@ -32,13 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    benchmarks = {}
-    for item in args.benchmark:
-        name, _, root = item.partition("=")
-        if name not in TRAIN_SPLIT or not root:
-            parser.error(f"--benchmark {item!r}: expected NAME=ROOT with NAME in "
-                         f"{list(TRAIN_SPLIT)}")
-        benchmarks[name] = root
+    benchmarks = parse_pairs(args.benchmark, "--benchmark", allowed=list(TRAIN_SPLIT))
     history = pretrain_encoder_step(benchmarks, args.out, image_size=args.image_size,
                                     epochs=args.epochs, batch_size=args.batch_size,
                                     lr=args.lr, seed=args.seed)
