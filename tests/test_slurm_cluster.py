@@ -1,11 +1,12 @@
-"""The smoke study's FashionIQ branch through SLURM, for real: tools/slurm_local_cluster.sh installs Debian's
-slurm-wlm and munge and starts a one-node cluster on loopback (2 CPUs, four fake GPUs);
-Snakemake submits every job with snakemake-executor-plugin-slurm through
-profiles/slurm-local, in a copy of the repository. The targets (Table 2, the hard-set
-audit, the Fig. 6 examples and the dataset statistics) pull in every kind of rule but
-the figures of training curves, in 17 jobs instead of the whole smoke study's 44 (CI time).
-Checks the outputs, and that every job went through SLURM (the cluster's job-completion log against Snakemake's
-submissions), and records the wall time.
+"""The smoke study's FashionIQ branch through SLURM, for real:
+tools/slurm_local_cluster.sh installs Debian's slurm-wlm and munge and starts a one-node
+cluster on loopback (2 CPUs, four fake GPUs); Snakemake submits every job with
+snakemake-executor-plugin-slurm through profiles/slurm-local, in a copy of the
+repository. The targets (Table 2, the hard-set audit, the Fig. 6 examples and the
+dataset statistics) pull in every kind of rule but the training-curve figures: 17 jobs
+instead of the whole smoke study's 44 (CI time). Checks the outputs, that every job went
+through SLURM (the cluster's job-completion log against Snakemake's submissions), and
+records the wall time.
 
 Needs root (apt-get, daemons). Skipped only where the packages cannot be installed."""
 
