@@ -950,9 +950,7 @@ def _two_drops_sorted(x: torch.Tensor, tgt: torch.Tensor, exc: torch.Tensor | No
             in_tail &= positions[: n - 1] <= pos_t[:, None] + cfg.search_depth
         drops = drops.masked_fill(~in_tail, math.inf)
         drop_order = torch.sort(drops, dim=1, stable=True).indices
-        n_drops = (n - 2 - pos_t).clamp(min=0)
-        if cfg.search_depth is not None:
-            n_drops = n_drops.clamp(max=cfg.search_depth)
+        n_drops = in_tail.sum(1)  # the drops the walk may pair (others sort last as +inf)
         a, b = drop_order[:, :-1], drop_order[:, 1:]
         pair = torch.arange(n - 2, device=dev)
         qualifies = ((a - b).abs() > cfg.consecutive_threshold) & (
