@@ -46,6 +46,14 @@ def grade_matrix(root: Path) -> tuple[TrainingData, torch.Tensor]:
     return data, oracle.graded_relevance("train", data.query_ids, data.corpus)
 
 
+def member_statistics(size: torch.Tensor, member: torch.Tensor) -> dict[str, float]:
+    """Set sizes [Q] and the grades of all set members, summarised."""
+    return {"size_mean": size.mean().item(), "size_median": size.median().item(),
+            "grade_mean": member.mean().item(),
+            "hard_share": ((member >= 0.6) & (member < 1)).float().mean().item(),
+            "false_negative_share": (member == 1).float().mean().item()}
+
+
 def set_statistics(data: TrainingData, grades: torch.Tensor, scores: torch.Tensor,
                    params: dict) -> dict[str, float]:
     sizes, members = [], []
@@ -57,22 +65,13 @@ def set_statistics(data: TrainingData, grades: torch.Tensor, scores: torch.Tenso
         owner = torch.repeat_interleave(torch.arange(len(rows)), sets.sizes)
         members.append(grades[rows][:, cols][owner, sets.indices.long()])
         sizes.append(sets.sizes.float())
-    size, member = torch.cat(sizes), torch.cat(members)
-    return {"size_mean": size.mean().item(), "size_median": size.median().item(),
-            "grade_mean": member.mean().item(),
-            "hard_share": ((member >= 0.6) & (member < 1)).float().mean().item(),
-            "false_negative_share": (member == 1).float().mean().item()}
+    return member_statistics(torch.cat(sizes), torch.cat(members))
 
 
 def random_baseline(data: TrainingData, grades: torch.Tensor) -> dict[str, float]:
     same = data.corpus_group[None, :] == data.query_group[:, None]
     same[torch.arange(len(data)), data.target] = False
-    member = grades[same]
-    return {"size_mean": same.sum(1).float().mean().item(),
-            "size_median": same.sum(1).float().median().item(),
-            "grade_mean": member.mean().item(),
-            "hard_share": ((member >= 0.6) & (member < 1)).float().mean().item(),
-            "false_negative_share": (member == 1).float().mean().item()}
+    return member_statistics(same.sum(1).float(), grades[same])
 
 
 def model_spread(model: Path, features: Path, data: TrainingData,
