@@ -61,6 +61,7 @@ from torch import nn
 
 from qure.data.text import blip_caption
 from qure.models.interface import CIRBackbone, register_backbone
+from qure.models.tokenizer import pad_token_rows
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +159,8 @@ class BertTextTokenizer:
         ``padding="max_length"`` (LAVIS), or the batch's longest with ``"longest"``."""
         if isinstance(texts, str):
             raise TypeError("expected a list of strings, got a single string")
-        rows = [self.tokenize(t) for t in texts]
-        if padding == "max_length":
-            length = self.max_length
-        elif padding == "longest":
-            length = max((len(r) for r in rows), default=1)
-        else:
-            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return pad_token_rows([self.tokenize(t) for t in texts], self.pad_id,
+                              self.max_length, padding)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "bert_wordpiece", "max_length": self.max_length,

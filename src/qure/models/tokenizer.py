@@ -25,6 +25,25 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, CLS)
 _TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
+def pad_token_rows(rows: Sequence[Sequence[int]], pad_id: int, max_length: int,
+                   padding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows (each at most ``max_length`` long) as padded ids and attention mask,
+    both ``long`` [B, L]: L = ``max_length`` with ``padding="max_length"``, the longest
+    row with ``"longest"``."""
+    if padding == "max_length":
+        length = max_length
+    elif padding == "longest":
+        length = max((len(r) for r in rows), default=1)
+    else:
+        raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 def split_words(text: str) -> list[str]:
     """Clean ``text`` as BLIP does and split it into word/punctuation tokens."""
     return _TOKEN.findall(blip_caption(text))
@@ -89,19 +108,8 @@ class WordTokenizer:
         """
         if isinstance(texts, str):
             raise TypeError("expected a list of strings, got a single string")
-        rows = [self.tokenize(t) for t in texts]
-        if padding == "max_length":
-            length = self.max_length
-        elif padding == "longest":
-            length = max((len(r) for r in rows), default=1)
-        else:
-            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-        return ids, mask
+        return pad_token_rows([self.tokenize(t) for t in texts], self.pad_id,
+                              self.max_length, padding)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """The words behind ``ids``, without special tokens."""
