@@ -12,14 +12,17 @@ links/devices are refused before anything is written.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from qure.errors import DownloadError
 from qure.io import atomic_write_json
@@ -64,8 +67,28 @@ def is_archive(path: str | Path) -> bool:
     return path.is_file() and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
 
 
-def _extract_zip(archive: Path, staging: Path) -> int:
+MemberEntry = tuple[PurePosixPath | None, bool, Callable[[], IO[bytes]]]
+"""(path inside the staging folder or None to skip, is a folder, opens the member)."""
+
+
+def _write_members(entries: Iterable[MemberEntry], staging: Path) -> int:
+    """Write checked archive members under ``staging``; returns the number of files."""
     count = 0
+    for rel, is_dir, open_member in entries:
+        if rel is None:
+            continue
+        out = staging.joinpath(*rel.parts)
+        if is_dir:
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as source, out.open("wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        count += 1
+    return count
+
+
+def _extract_zip(archive: Path, staging: Path) -> int:
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
         plan = [(info, _safe_name(info.filename, archive)) for info in infos]
@@ -74,46 +97,29 @@ def _extract_zip(archive: Path, staging: Path) -> int:
             if mode == 0o120000:
                 raise DownloadError(f"{archive}: refusing to extract symbolic link "
                                     f"{info.filename!r}")
-        for info, rel in plan:
-            if rel is None:
-                continue
-            out = staging.joinpath(*rel.parts)
-            if info.is_dir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as source, out.open("wb") as sink:
-                shutil.copyfileobj(source, sink, 1 << 20)
-            count += 1
-    return count
+        return _write_members(((rel, info.is_dir(), functools.partial(zf.open, info))
+                               for info, rel in plan), staging)
 
 
 def _extract_tar(archive: Path, staging: Path) -> int:
-    count = 0
     with tarfile.open(archive) as tf:
-        members = tf.getmembers()
-        for member in members:
-            _safe_name(member.name, archive)
+
+        def reader(member: tarfile.TarInfo) -> IO[bytes]:
+            source = tf.extractfile(member)
+            if source is None:
+                raise DownloadError(f"{archive}: cannot read member {member.name!r}")
+            return source
+
+        plan = []
+        for member in tf.getmembers():
+            rel = _safe_name(member.name, archive)
             if not (member.isfile() or member.isdir()):
                 raise DownloadError(f"{archive}: refusing to extract {member.name!r}: only "
                                     "regular files and folders are allowed (no links or "
                                     "devices)")
-        for member in members:
-            rel = _safe_name(member.name, archive)
-            if rel is None:
-                continue
-            out = staging.joinpath(*rel.parts)
-            if member.isdir():
-                out.mkdir(parents=True, exist_ok=True)
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            source = tf.extractfile(member)
-            if source is None:
-                raise DownloadError(f"{archive}: cannot read member {member.name!r}")
-            with source, out.open("wb") as sink:
-                shutil.copyfileobj(source, sink, 1 << 20)
-            count += 1
-    return count
+            plan.append((member, rel))
+        return _write_members(((rel, member.isdir(), functools.partial(reader, member))
+                               for member, rel in plan), staging)
 
 
 def _remove(path: Path) -> None:
