@@ -638,17 +638,11 @@ class _MiningConfig:
         if isinstance(self.n_candidates, bool) or not isinstance(self.n_candidates, int) \
                 or self.n_candidates < 2:
             raise MiningError(f"n_candidates: expected an int >= 2, got {self.n_candidates!r}")
-        if self.n_buckets is not None and (
-            isinstance(self.n_buckets, bool) or not isinstance(self.n_buckets, int)
-            or self.n_buckets < 1
-        ):
-            raise MiningError(f"n_buckets: expected a positive int, got {self.n_buckets!r}")
-        if self.search_depth is not None and (
-            isinstance(self.search_depth, bool) or not isinstance(self.search_depth, int)
-            or self.search_depth < 1
-        ):
-            raise MiningError(
-                f"search_depth: expected a positive int or null, got {self.search_depth!r}")
+        for name in ("n_buckets", "search_depth"):  # optional: None means "not set"
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise MiningError(f"{name}: expected a positive int or null, got {value!r}")
         if self.fallback not in FALLBACKS:
             raise MiningError(
                 f"fallback: unknown fallback {self.fallback!r}; expected one of {FALLBACKS}"
