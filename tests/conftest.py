@@ -87,3 +87,16 @@ def smoke_study(tmp_path_factory) -> dict:
     print(f"\ndvc repro (smoke study): {seconds:.1f} s")
     status = _checked([sys.executable, "-m", "dvc", "status"], work, 300)
     return {"work": work, "repro": repro, "status": status, "seconds": seconds}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Groups for ``pytest -n 2 --dist loadgroup``: every test using the shared smoke
+    study runs on one worker (so the study is built once), and the other tests of a file
+    stay together, so module-scoped set-ups (the SLURM cluster, the LAVIS environment)
+    are made once."""
+    for item in items:
+        if "smoke_study" in getattr(item, "fixturenames", ()):
+            group = "smoke_study"
+        else:
+            group = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
