@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from qure.experiment import benchmark_oracle, load_splits
 from qure.mining import hard_negative_sets
+from qure.stages.data import benchmark_oracle, load_splits
 from qure.synthetic import synthesize
 from qure.training.data import TrainingData
 
@@ -78,9 +78,9 @@ def model_spread(model: Path, features: Path, data: TrainingData,
                  grades: torch.Tensor) -> dict[str, float]:
     """Within-query score spread per grade of a trained backbone, in grade units."""
     from qure.evaluation import encode_gallery, encode_queries
-    from qure.experiment import feature_table
     from qure.models.feature_cache import FeatureCache
     from qure.models.interface import load_backbone
+    from qure.stages.models import feature_table
 
     backbone, _ = load_backbone(model)
     backbone.eval()

@@ -12,6 +12,7 @@ rule audit_hard_sets:
     output:
         PLAN.audit("{dataset}"),
     params:
+        model=PLAN.model_args(),
         root=lambda w: PLAN.root(w.dataset),
         basis=lambda w, input: os.path.dirname(input.model),
         methods=PLAN.audit_methods_json(),
@@ -29,7 +30,7 @@ rule audit_hard_sets:
         "python workflow_scripts/analyze_hard_sets.py audit --dataset {wildcards.dataset} "
         "--root {params.root} --basis-run {params.basis} --features {input.npy} "
         "--methods {params.methods:q} --out {output} --batch-size {params.batch_size} "
-        "--threads {threads} > {log} 2>&1"
+        "--threads {threads} {params.model} > {log} 2>&1"
 
 
 rule hard_negative_examples:
@@ -38,6 +39,7 @@ rule hard_negative_examples:
     output:
         PLAN.examples("{dataset}"),
     params:
+        model=PLAN.model_args(),
         root=lambda w: PLAN.root(w.dataset),
         basis=lambda w, input: os.path.dirname(input.model),
         strategy=config["methods"][STUDY["qure_method"]]["strategy"],
@@ -58,4 +60,4 @@ rule hard_negative_examples:
         "--root {params.root} --basis-run {params.basis} --features {input.npy} "
         "--strategy {params.strategy} --strategy-params {params.strategy_params:q} "
         "--queries {params.queries} --negatives {params.negatives} --out {output} "
-        "--threads {threads} > {log} 2>&1"
+        "--threads {threads} {params.model} > {log} 2>&1"

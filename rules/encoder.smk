@@ -60,6 +60,7 @@ rule extract_pretraining_features:
         npy=PLAN.features("mini_blip2", "pretrain_{dataset}"),
         index=PLAN.features_index("mini_blip2", "pretrain_{dataset}"),
     params:
+        model=PLAN.feature_args(),
         root=lambda w: PLAN.pretraining_root(w.dataset),
         progress="" if config["progress"] else "--no-progress",
     threads: config["threads"]
@@ -74,7 +75,7 @@ rule extract_pretraining_features:
     shell:
         "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
         "--root {params.root} --encoder {input.encoder} --out {output.npy} "
-        "--threads {threads} {params.progress} > {log} 2>&1"
+        "--threads {threads} {params.model} {params.progress} > {log} 2>&1"
 
 
 rule pretrain_qformer:
@@ -84,6 +85,7 @@ rule pretrain_qformer:
     output:
         PLAN.pretrained("{backbone}"),
     params:
+        device=config["device"],
         benchmarks=" ".join(f"--benchmark {d}={PLAN.pretraining_root(d)}" for d in PRETRAIN_SETS),
         features=" ".join(
             f"--features {d}={PLAN.features('mini_blip2', f'pretrain_{d}')}" for d in PRETRAIN_SETS
@@ -106,4 +108,5 @@ rule pretrain_qformer:
     shell:
         "python workflow_scripts/pretrain_qformer.py {params.benchmarks} {params.features} "
         "--encoder {input.encoder} --out {params.out} --train-json {params.settings:q} "
-        "{params.single_vector} --threads {threads} {params.progress} > {log} 2>&1"
+        "{params.single_vector} --threads {threads} --device {params.device} {params.progress} "
+        "> {log} 2>&1"

@@ -7,6 +7,7 @@ rule evaluate:
     output:
         PLAN.evaluation("{benchmark}", "{backbone}", "{method}"),
     params:
+        model=PLAN.model_args(),
         root=lambda w: PLAN.root(w.benchmark),
         run=lambda w, input: os.path.dirname(input.model),
         hp_image_root=lambda w: (
@@ -28,4 +29,5 @@ rule evaluate:
         "python workflow_scripts/evaluate.py --benchmark {wildcards.benchmark} "
         "--root {params.root} --run {params.run} --features {input.npy} --out {output} "
         "{params.hp_image_root} --batch-size {params.batch_size} --threads {threads} "
+        "{params.model} "
         "> {log} 2>&1"

@@ -10,6 +10,7 @@ rule extract_features:
         npy=PLAN.features("mini_blip2", "{dataset}"),
         index=PLAN.features_index("mini_blip2", "{dataset}"),
     params:
+        model=PLAN.feature_args(),
         root=lambda w: PLAN.root(w.dataset),
         image_root=lambda w: (
             f"--image-root {config['data']['hp_image_root']}"
@@ -31,7 +32,7 @@ rule extract_features:
     shell:
         "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
         "--root {params.root} {params.image_root} --encoder {input.encoder} --out {output.npy} "
-        "--threads {threads} {params.progress} > {log} 2>&1"
+        "--threads {threads} {params.model} {params.progress} > {log} 2>&1"
 
 
 # The paper backbone: BLIP-2 ViT-L converted from LAVIS's weights (every key accounted
@@ -65,6 +66,7 @@ rule extract_features_blip2:
         npy=PLAN.features("blip2_vitl", "{dataset}"),
         index=PLAN.features_index("blip2_vitl", "{dataset}"),
     params:
+        model=PLAN.feature_args(),
         root=lambda w: PLAN.root(w.dataset),
         image_root=lambda w: (
             f"--image-root {config['data']['hp_image_root']}"
@@ -86,4 +88,5 @@ rule extract_features_blip2:
     shell:
         "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
         "--root {params.root} {params.image_root} --backbone {input.backbone} "
-        "--out {output.npy} --batch-size 64 --threads {threads} {params.progress} > {log} 2>&1"
+        "--out {output.npy} --batch-size 64 --threads {threads} {params.model} {params.progress} "
+        "> {log} 2>&1"

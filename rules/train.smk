@@ -12,6 +12,7 @@ rule train:
         history=PLAN.run_file("{dataset}", "{backbone}", "{method}", "epochs.jsonl"),
         snapshots=PLAN.run_file("{dataset}", "{backbone}", "{method}", "snapshots.pt"),
     params:
+        model=PLAN.model_args(),
         root=lambda w: PLAN.root(w.dataset),
         out=lambda w, output: os.path.dirname(output.metrics),
         settings=lambda w: PLAN.train_json(w.dataset, w.method),
@@ -38,5 +39,5 @@ rule train:
         "python workflow_scripts/train.py --dataset {wildcards.dataset} --root {params.root} "
         "--features {input.npy} {params.encoder} --out {params.out} "
         "--train-json {params.settings:q} {params.single_vector} {params.init} "
-        "--threads {threads} "
+        "--threads {threads} {params.model} "
         "{params.progress} > {log} 2>&1"

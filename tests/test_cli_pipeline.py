@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from qure.experiment import split_images, study_splits
 from qure.models.feature_cache import FeatureCache
+from qure.stages.data import split_images, study_splits
 from tests.conftest import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "workflow_scripts"
@@ -58,6 +59,41 @@ def test_synthesize_pretrain_extract_train(tmp_path):
                 "--train-config", str(config), "--set", "snapshot_queries=2",
                 "--threads", "1", "--no-progress")
     assert json.loads(again.stdout.splitlines()[-1]) == json.loads(train.stdout.splitlines()[-1])
+    assert summary["device"] == "cpu" and summary["peak_gpu_memory_bytes"] is None
+    assert summary["missing_images"]["total"]["queries_dropped"] == 0
+
+    # Evaluation on the CPU reproduces the run's final metrics, and records where it ran.
+    evaluation = tmp_path / "eval.json"
+    evaluate = ["evaluate.py", "--benchmark", "cirr", "--root", str(data / "cirr"),
+                "--run", str(run), "--features", str(features), "--threads", "1",
+                "--device", "cpu"]
+    cli(*evaluate, "--out", str(evaluation))
+    result = json.loads(evaluation.read_text())
+    assert result["metrics"] == summary["final"] and result["device"] == "cpu"
+    assert result["missing_images"]["total"] == {
+        "queries": result["queries"], "queries_dropped": 0,
+        "gallery_images": result["gallery_images"], "gallery_images_missing": 0}
+
+    # Two gallery-only images and one query's reference go missing: policy fail stops,
+    # naming the image and the count; policy drop leaves them out and counts them.
+    (val,) = study_splits("cirr", data / "cirr")[1:]
+    needed = set(val.query_images())
+    gallery_only = [n for n in val.gallery.names if n not in needed][:2]
+    reference = val.queries[0].reference
+    users = sum(1 for q in val if reference in (q.reference, *q.targets, *q.members))
+    for name in [*gallery_only, reference]:
+        val.gallery.image_path(name).unlink()
+    failed = subprocess.run([sys.executable, str(SCRIPTS / evaluate[0]), *evaluate[1:],
+                             "--out", str(tmp_path / "fail.json")],
+                            capture_output=True, text=True)
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+    assert "3 image(s) missing in all" in failed.stderr and "cirr/val" in failed.stderr
+    cli(*evaluate, "--missing-images", "drop", "--out", str(evaluation))
+    dropped = json.loads(evaluation.read_text())["missing_images"]
+    assert dropped["policy"] == "drop"
+    assert dropped["splits"]["cirr/val"] == {
+        "queries": len(val), "queries_dropped": users,
+        "gallery_images": len(val.gallery), "gallery_images_missing": 3}
 
 
 def test_train_rejects_unknown_setting(tmp_path):
@@ -67,3 +103,25 @@ def test_train_rejects_unknown_setting(tmp_path):
          "--set", "epochz=3"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error: unknown train config key(s): epochz")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py", "extract_features.py",
+                                    "analyze_hard_sets.py"])
+def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path, script):
+    args = {"train.py": ["--dataset", "cirr", "--features", "x.npy", "--encoder", "e.pt",
+                         "--out", str(tmp_path)],
+            "evaluate.py": ["--benchmark", "cirr", "--run", str(tmp_path), "--features",
+                            "x.npy", "--out", str(tmp_path / "e.json")],
+            "extract_features.py": ["--dataset", "cirr", "--encoder", "e.pt", "--out",
+                                    str(tmp_path / "f.npy")],
+            "analyze_hard_sets.py": ["audit", "--dataset", "cirr", "--basis-run",
+                                     str(tmp_path), "--features", "x.npy", "--methods",
+                                     '{"qure": {"strategy": "qure"}}', "--out",
+                                     str(tmp_path / "a.json")]}[script]
+    result = subprocess.run([sys.executable, str(SCRIPTS / script), *args, "--root",
+                             str(tmp_path), "--device", "cuda"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: device: 'cuda' was asked for (--device cuda / config key `device`) but torch "
+        "sees no CUDA device; use cpu or auto"]

@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qure.experiment import (
-    extract_features,
-    feature_table,
-    image_locator,
-    load_splits,
-    mini_backbone,
-    split_images,
-    training_relevance,
-)
 from qure.models import PatchEncoder, PatchEncoderConfig
+from qure.models.feature_cache import build_feature_cache, image_loader
+from qure.models.preprocess import simple_transform
+from qure.stages.data import image_locator, load_splits, split_images, training_relevance
+from qure.stages.models import feature_table, mini_backbone
 from qure.synthetic import synthesize
 from qure.synthetic.oracle import load_oracle
 from qure.training.data import TrainingData
@@ -36,8 +31,10 @@ def fiq_setup(tmp_path_factory):
     torch.manual_seed(0)
     encoder = PatchEncoder(PatchEncoderConfig(image_size=64, width=32, depth=1)).freeze()
     names = split_images(train + val)
-    cache = extract_features(root / "features.npy", names, image_locator(train + val),
-                             encoder, progress=False)
+    transform = simple_transform(encoder.config.image_size)
+    cache = build_feature_cache(root / "features.npy", names,
+                                image_loader(image_locator(train + val), transform),
+                                mini_backbone(encoder), transform.config, progress=False)
     data = TrainingData.from_splits(train)
     relevant = training_relevance(load_oracle(root / "fashioniq"), data)
     return {"encoder": encoder, "table": feature_table(cache), "data": data, "val": val,
@@ -126,7 +123,7 @@ def test_bad_config_names_the_key():
 
 
 def test_stale_checkpoint_is_discarded_when_inputs_change(tmp_path):
-    from qure.experiment import discard_stale_checkpoint
+    from qure.stages.train import discard_stale_checkpoint
 
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
     (tmp_path / "snapshots").mkdir()

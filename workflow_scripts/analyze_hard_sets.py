@@ -15,9 +15,10 @@ import sys
 
 import torch
 
-from qure.cli import reports_errors, setup_logging
+from qure.cli import add_missing_images_argument, reports_errors, setup_logging
+from qure.device import add_device_argument
 from qure.errors import ConfigError
-from qure.workflow.steps import audit_step, examples_step
+from qure.stages.analysis import audit_step, examples_step
 
 
 def _json_mapping(text: str, option: str) -> dict:
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=3)
     parser.add_argument("--negatives", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=256)
+    add_missing_images_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     setup_logging()
@@ -57,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         if not methods:
             raise ConfigError("--methods: name at least one strategy to audit")
         audit_step(args.dataset, args.root, args.basis_run, args.features, methods, args.out,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, missing=args.missing_images,
+                   device=args.device)
     else:
         examples_step(args.dataset, args.root, args.basis_run, args.features, args.strategy,
                       _json_mapping(args.strategy_params, "--strategy-params"), args.out,
                       queries=args.queries, negatives=args.negatives,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, missing=args.missing_images,
+                      device=args.device)
     print(args.out)
     return 0
 

@@ -14,9 +14,10 @@ import sys
 
 import torch
 
-from qure.cli import reports_errors, setup_logging
+from qure.cli import add_missing_images_argument, reports_errors, setup_logging
+from qure.device import add_device_argument
+from qure.stages.evaluate import evaluate_step
 from qure.workflow.config import BENCHMARKS
-from qure.workflow.steps import evaluate_step
 
 
 @reports_errors
@@ -30,13 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hp-image-root", default=None,
                         help="HP-FashionIQ images (image_data/<cat>/<ASIN>.jpg)")
     parser.add_argument("--batch-size", type=int, default=256)
+    add_missing_images_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = evaluate_step(args.benchmark, args.root, args.run, args.features, args.out,
-                           batch_size=args.batch_size, hp_image_root=args.hp_image_root)
+                           batch_size=args.batch_size, hp_image_root=args.hp_image_root,
+                           missing=args.missing_images, device=args.device)
     print(json.dumps({"out": args.out, **{k: round(v, 4) for k, v in result["metrics"].items()
                                          if isinstance(v, float)}}))
     return 0

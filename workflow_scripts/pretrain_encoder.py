@@ -13,7 +13,8 @@ import sys
 import torch
 
 from qure.cli import parse_pairs, reports_errors, setup_logging
-from qure.experiment import TRAIN_SPLIT, pretrain_encoder_step
+from qure.stages.data import TRAIN_SPLIT
+from qure.stages.pretrain import pretrain_encoder_step
 
 
 @reports_errors

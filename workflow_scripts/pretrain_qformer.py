@@ -17,8 +17,10 @@ import sys
 import torch
 
 from qure.cli import parse_pairs, reports_errors, setup_logging
+from qure.device import add_device_argument
 from qure.errors import ConfigError
-from qure.experiment import TRAIN_SPLIT, pretrain_qformer_step
+from qure.stages.data import TRAIN_SPLIT
+from qure.stages.pretrain import pretrain_qformer_step
 from qure.training.trainer import TrainConfig
 
 
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (model.pt, metrics.json)")
     parser.add_argument("--train-json", default="{}", help="TrainConfig settings as JSON")
     parser.add_argument("--single-vector", action="store_true")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = pretrain_qformer_step(benchmarks, features, args.encoder, args.out,
                                     TrainConfig.from_dict(settings),
                                     single_vector=args.single_vector,
-                                    progress=not args.no_progress)
+                                    device=args.device, progress=not args.no_progress)
     print(json.dumps({"out": args.out, "final": summary["final"]}))
     return 0
 

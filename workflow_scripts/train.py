@@ -1,9 +1,9 @@
-"""Train one run: QuRe or the contrastive baseline, one hard-negative strategy, on the
-mini BLIP-2 backbone over cached frozen features. Resumes from OUT/checkpoint.pt.
+"""Train one run: QuRe or the contrastive baseline, one hard-negative strategy, over
+cached frozen features (mini BLIP-2 or BLIP-2 ViT-L). Resumes from OUT/checkpoint.pt.
 
-Example: python workflow_scripts/train.py --dataset fashioniq --root DIR/fashioniq
-    --features results/features/fashioniq.npy --encoder results/encoder/mini.pt
-    --train-config config/train_qure.yaml --out results/runs/fashioniq/qure
+Example: python workflow_scripts/train.py --dataset fashioniq \
+    --root resources/synthetic/fashioniq --features resources/features/mini_blip2/fashioniq.npy \
+    --encoder resources/models/mini_encoder.pt --set epochs=10 --out /tmp/run
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import sys
 
 import torch
 
-from qure.cli import read_mapping, reports_errors, setup_logging
+from qure.cli import add_missing_images_argument, read_mapping, reports_errors, setup_logging
+from qure.device import add_device_argument
 from qure.errors import ConfigError
-from qure.experiment import TRAIN_SPLIT, train_step
+from qure.stages.data import TRAIN_SPLIT
+from qure.stages.train import train_step
 from qure.training.trainer import TrainConfig
 
 
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="BLIP-style single image vector instead of 8 query tokens")
     parser.add_argument("--init", default=None,
                         help="pretrained backbone (model.pt) to start from instead of random")
+    add_missing_images_argument(parser)
+    add_device_argument(parser)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_dict(values)
     summary = train_step(args.dataset, args.root, args.features, args.encoder, args.out,
                          config, single_vector=args.single_vector, init=args.init,
+                         missing=args.missing_images, device=args.device,
                          progress=not args.no_progress)
     headline = summary["headline_metric"]
     print(json.dumps({"out": args.out, headline: summary["final"][headline],

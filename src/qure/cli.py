@@ -47,6 +47,16 @@ def parse_pairs(items: list[str], option: str,
     return out
 
 
+def add_missing_images_argument(parser: Any) -> None:
+    """``--missing-images fail|drop``: the config's ``data.missing_images`` policy."""
+    from qure.stages.data import MISSING_POLICIES
+
+    parser.add_argument("--missing-images", default="fail", choices=MISSING_POLICIES,
+                        help="images absent on disk: fail (stop, naming the first) or drop "
+                             "(leave the queries and gallery images out, counted; config "
+                             "key data.missing_images; default: fail)")
+
+
 def reports_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Turn bad-input errors into one ``error: ...`` line on stderr and exit status 2.
 

@@ -75,7 +75,9 @@ def split_scores(backbone, table: FeatureTable, split: CIRSplit,
     queries = encode_queries(backbone, table, [q.reference for q in split],
                              [q.text for q in split], batch_size)
     gallery = encode_gallery(backbone, table, split.gallery.names, batch_size)
-    return backbone.score(queries, gallery).float()
+    # Scored where the model is (the GPU on CUDA runs); the ranking is read on the CPU.
+    device = backbone.temp.device
+    return backbone.score(queries.to(device), gallery.to(device)).float().cpu()
 
 
 def metrics_from_scores(scores: Mapping[str, torch.Tensor],

@@ -1,6 +1,6 @@
 """Paper tables with the paper's reported rows beside the rows this run reproduced.
 
-Reproduced values are read from evaluation JSON files (``qure.workflow.steps``); nothing
+Reproduced values are read from evaluation JSON files (``qure.stages.evaluate``); nothing
 here trains or scores. Every row says where it comes from (paper or this run), the data
 profile, the backbone and the split, so a synthetic mini-backbone number is never
 mistaken for a paper number.

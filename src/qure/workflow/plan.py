@@ -107,6 +107,15 @@ class Plan:
     def run_file(self, dataset: str, backbone: str, method: str, name: str) -> str:
         return str(Path(self.run_dir(dataset, backbone, method)) / name)
 
+    def model_args(self) -> str:
+        """The options every model job takes: the device and the missing-image policy."""
+        return (f"--device {self.config['device']} "
+                f"--missing-images {self.config['data']['missing_images']}")
+
+    def feature_args(self) -> str:
+        """:meth:`model_args` plus the image-decoding workers of feature extraction."""
+        return f"{self.model_args()} --workers {self.config['workers']}"
+
     def train_json(self, dataset: str, method: str) -> str:
         return json.dumps(train_settings(self.config, dataset, method), sort_keys=True)
 
