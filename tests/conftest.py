@@ -92,8 +92,10 @@ def smoke_study(tmp_path_factory) -> dict:
 def pytest_collection_modifyitems(config, items) -> None:
     """Groups for ``pytest -n 2 --dist loadgroup``: every test using the shared smoke
     study runs on one worker (so the study is built once), and the other tests of a file
-    stay together, so module-scoped set-ups (the SLURM cluster, the LAVIS environment)
-    are made once."""
+    stay together. A worker may still run another file's tests between two of a file's
+    (then pytest tears a module-scoped fixture down and makes it again), so the costly
+    set-ups that must exist once (the SLURM cluster and its run, the DVC remote) are
+    session-scoped."""
     for item in items:
         if "smoke_study" in getattr(item, "fixturenames", ()):
             group = "smoke_study"

@@ -68,7 +68,7 @@ def _stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def origin(smoke_study, tmp_path_factory):
     """The smoke study's repository (``dvc repro`` done, see conftest) after ``dvc push``
     to a local-folder remote, with dvc.lock committed."""
@@ -84,7 +84,7 @@ def origin(smoke_study, tmp_path_factory):
             "status": smoke_study["status"]}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def clone(origin, tmp_path_factory):
     """A fresh ``git clone`` of the origin with the same remote, after ``dvc pull``."""
     work = tmp_path_factory.mktemp("dvc_clone") / "clone"

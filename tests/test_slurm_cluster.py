@@ -54,7 +54,7 @@ def _install_plugin() -> None:
                                          + (result.stdout + result.stderr)[-3000:])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     _install_packages()
     _install_plugin()
@@ -68,7 +68,7 @@ def cluster(tmp_path_factory):
         print(stopped.stdout + stopped.stderr)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_run(cluster, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_repo")
     listed = _run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO)
