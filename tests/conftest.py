@@ -89,6 +89,8 @@ def smoke_study(tmp_path_factory) -> dict:
     return {"work": work, "repro": repro, "status": status, "seconds": seconds}
 
 
+# tryfirst: xdist's worker reads the groups in its own collection hook.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
     """Groups for ``pytest -n 2 --dist loadgroup``: every test using the shared smoke
     study runs on one worker (so the study is built once), and the other tests of a file
