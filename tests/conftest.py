@@ -88,19 +88,3 @@ def smoke_study(tmp_path_factory) -> dict:
     status = _checked([sys.executable, "-m", "dvc", "status"], work, 300)
     return {"work": work, "repro": repro, "status": status, "seconds": seconds}
 
-
-# tryfirst: xdist's worker reads the groups in its own collection hook.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items) -> None:
-    """Groups for ``pytest -n 2 --dist loadgroup``: every test using the shared smoke
-    study runs on one worker (so the study is built once), and the other tests of a file
-    stay together. A worker may still run another file's tests between two of a file's
-    (then pytest tears a module-scoped fixture down and makes it again), so the costly
-    set-ups that must exist once (the SLURM cluster and its run, the DVC remote) are
-    session-scoped."""
-    for item in items:
-        if "smoke_study" in getattr(item, "fixturenames", ()):
-            group = "smoke_study"
-        else:
-            group = item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
