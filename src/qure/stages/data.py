@@ -57,8 +57,7 @@ def present_split(split: CIRSplit, policy: str) -> tuple[CIRSplit, dict[str, int
         return split, counts
     first = next(n for n in needed if n in missing)
     if policy == "fail":
-        error = MissingImageError(first, list(split.gallery.locate(first)), record=split.name)
-        raise MissingImageError(first, error.tried,
+        raise MissingImageError(first, list(split.gallery.locate(first)),
                                 record=f"{split.name}; {len(missing)} image(s) missing in all, "
                                        "see data.missing_images")
     kept = [q for q in split.queries
@@ -155,11 +154,12 @@ def load_hp(root: str | Path, image_root: str | Path | None, *, missing: str = "
     check_policy(missing)
     hp = HPFashionIQ(root, image_root)
     candidates = _hp_candidates(hp)
-    absent = {n for n in hp_image_names(hp) if not any(p.is_file() for p in candidates(n))}
+    names = hp_image_names(hp)
+    absent = {n for n in names if not any(p.is_file() for p in candidates(n))}
     counts = {"queries": len(hp.comparisons), "queries_dropped": 0,
-              "gallery_images": len(hp_image_names(hp)), "gallery_images_missing": len(absent)}
+              "gallery_images": len(names), "gallery_images_missing": len(absent)}
     if absent and missing == "fail":
-        first = next(n for n in hp_image_names(hp) if n in absent)
+        first = next(n for n in names if n in absent)
         raise MissingImageError(first, candidates(first),
                                 record=f"hpfiq.json; {len(absent)} image(s) missing in all, "
                                        "see data.missing_images")
