@@ -15,6 +15,7 @@ from qure.models.feature_cache import (
 from qure.models.image_encoder import PatchEncoder, PatchEncoderConfig, pretrain_image_encoder
 from qure.models.interface import (
     CIRBackbone,
+    FrozenWeightsError,
     build_backbone,
     load_backbone,
     max_sim_scores,
@@ -31,6 +32,7 @@ __all__ = [
     "CIRBackbone",
     "FeatureCache",
     "FeatureCacheMismatchError",
+    "FrozenWeightsError",
     "MiniBlip2Backbone",
     "MiniQFormer",
     "PatchEncoder",

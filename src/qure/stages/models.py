@@ -62,12 +62,13 @@ def load_pretrained(path: str | Path, *, single_vector: bool) -> Any:
     return backbone
 
 
-def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu"
-                   ) -> tuple[Any, dict[str, Any]]:
+def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu", *,
+                   frozen_source: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
     """The final backbone of a training run (on ``device``, in eval mode) and its
-    summary (``metrics.json``)."""
+    summary (``metrics.json``). Its frozen part comes from ``frozen_source`` if given,
+    else from the file ``model.pt`` records (see :func:`~qure.models.load_backbone`)."""
     run_dir = Path(run_dir)
-    backbone, extra = load_backbone(run_dir / "model.pt")
+    backbone, extra = load_backbone(run_dir / "model.pt", frozen_source=frozen_source)
     backbone.to(device).eval()
     summary = extra.get("summary") or read_json(run_dir / "metrics.json", dict)
     return backbone, summary

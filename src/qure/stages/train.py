@@ -50,6 +50,9 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
     ``epochs.jsonl`` (per-epoch history), ``snapshots/`` (score rows for the steepness
     figures), ``model.pt`` (the final backbone) and ``metrics.json`` (the summary this
     function returns). A run interrupted at any point resumes from its last epoch.
+    ``model.pt`` and ``checkpoint.pt`` leave out the frozen part: ``model.pt`` records the
+    file it came from (``init``, else ``encoder_path``, as given) and its fingerprint, so
+    that file must stay where it is for :func:`~qure.stages.models.load_run_model`.
     ``device`` (auto, cpu, cuda) places the model; fp16 autocast applies on CUDA when
     the config asks for ``amp``.
     """
@@ -110,7 +113,8 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
         **device_report(where),
     }
     bundle_snapshots(out_dir)
-    save_backbone(out_dir / "model.pt", backbone, extra={"summary": summary})
+    save_backbone(out_dir / "model.pt", backbone, extra={"summary": summary},
+                  frozen_source=init if init is not None else encoder_path)
     atomic_write_json(out_dir / "metrics.json", summary)
     return summary
 

@@ -10,6 +10,11 @@ Exact resume: every random choice (query order, negatives, dropout) is a pure fu
 of (seed, epoch), and the checkpoint written after each epoch holds the model, the
 optimiser, the AMP scaler, the current hard sets and the history. A run killed at any
 point restarts from the last finished epoch and produces identical numbers.
+
+The checkpoint's model holds only the weights outside the backbone's frozen part
+(:meth:`~qure.models.CIRBackbone.frozen_keys`; BLIP-2's ViT-L is never trained) plus the
+frozen part's fingerprint: a resume takes the frozen weights from the backbone it is
+given and refuses them unless their fingerprint is the recorded one.
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ from qure.training.schedule import cosine_lr, redefinition_epochs
 log = logging.getLogger(__name__)
 
 METHODS = ("qure", "contrastive")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+"""2: ``model`` without the frozen keys, plus ``frozen_fingerprint``. 1 (complete model
+state) is still resumed from, strictly."""
+LEGACY_CHECKPOINT_FORMATS = (1,)
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,11 @@ class Trainer:
                  device: str | torch.device = "cpu",
                  on_step: Callable[[int], None] | None = None, progress: bool = True):
         self.backbone = backbone.to(device)
+        # The frozen part never changes during a run: its keys and fingerprint once.
+        frozen_keys = getattr(backbone, "frozen_keys", None)
+        self.frozen_keys = frozenset(frozen_keys() if frozen_keys is not None else ())
+        self.frozen_fingerprint = (backbone.frozen_fingerprint() if self.frozen_keys
+                                   else None)
         self.data = data
         self.table = table
         self.config = config
@@ -197,7 +210,8 @@ class Trainer:
             "config": self.config.to_dict(),
             "backbone_config": getattr(self.backbone, "config", None),
             "next_epoch": self.next_epoch,
-            "model": self.backbone.state_dict(),
+            "model": self._model_state(),
+            "frozen_fingerprint": self.frozen_fingerprint,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sets": sets,
@@ -207,11 +221,36 @@ class Trainer:
         atomic_torch_save(self.checkpoint_path, state)
         self._write_history()
 
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        """The model's state without its frozen part (what a resume needs)."""
+        return {k: v for k, v in self.backbone.state_dict().items()
+                if k not in self.frozen_keys}
+
+    def _load_model_state(self, state: Mapping[str, Any]) -> None:
+        """Load a checkpoint's model: exactly the non-frozen keys, over frozen weights
+        whose fingerprint is the one the checkpoint was written with."""
+        path = self.checkpoint_path
+        if state.get("frozen_fingerprint") != self.frozen_fingerprint:
+            raise ValueError(f"{path} was written over other frozen weights than this "
+                             "backbone's (frozen fingerprints differ); remove it or "
+                             "restore the original frozen weights")
+        current = self.backbone.state_dict()
+        expected = {k for k in current if k not in self.frozen_keys}
+        saved = set(state["model"])
+        missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+        if missing or unexpected:
+            raise RuntimeError(f"{path}: model state does not match the backbone: missing "
+                               f"{', '.join(missing[:5]) or 'none'}; unexpected "
+                               f"{', '.join(unexpected[:5]) or 'none'}")
+        full = {k: v for k, v in current.items() if k in self.frozen_keys}
+        full.update(state["model"])
+        self.backbone.load_state_dict(full, strict=True)
+
     def _resume(self) -> bool:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if state.get("format") not in (CHECKPOINT_FORMAT, *LEGACY_CHECKPOINT_FORMATS):
             raise ValueError(f"{self.checkpoint_path}: unsupported checkpoint format "
                              f"{state.get('format')!r}")
         saved = state["config"]
@@ -221,7 +260,10 @@ class Trainer:
             raise ValueError(f"{self.checkpoint_path} was written with a different training "
                              f"config (keys: {', '.join(differ)}); remove it or restore "
                              "the config")
-        self.backbone.load_state_dict(state["model"], strict=True)
+        if state["format"] == CHECKPOINT_FORMAT:
+            self._load_model_state(state)
+        else:  # format 1: the complete model state, frozen part included
+            self.backbone.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         if state["sets"] is not None:
