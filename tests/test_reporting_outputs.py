@@ -124,3 +124,38 @@ def test_steepness_figures_render_from_snapshots(tmp_path):
                         tmp_path / "fig8")
     with pytest.raises(ValueError, match="after warm-up"):
         figures.fig7_score_steepness(loaded[:1])
+
+
+def test_real_rows_carry_missing_counts_and_their_distance_from_the_paper(tmp_path):
+    paper = paper_table("table2_fashioniq")
+    qure = next(r for r in paper.rows if r.method == "QuRe")
+    values = {k: float(v) for k, v in qure.values.items()}
+    values["dress_R@10"] -= 1.5  # one number 1.5 points below the paper's
+    path = tmp_path / "fiq.json"
+    path.write_text(json.dumps({
+        "metrics": values, "profile": "real", "split": "val",
+        "missing_images": {"policy": "drop", "total": {
+            "queries": 6016, "queries_dropped": 12, "gallery_images": 15415,
+            "gallery_images_missing": 30}}}))
+    table = build_table("table2_fashioniq", [
+        ReproducedRow("QuRe", "BLIP-2 ViT-L", {"fashioniq": str(path)}, "QuRe", "BLIP-2"),
+        ReproducedRow("Contrastive", "BLIP-2 ViT-L", {"fashioniq": str(path)}, None, "BLIP-2")])
+    matched, unmatched = table.rows[-2:]
+    assert matched["missing_images"] == ("fashioniq: 12 of 6016 queries dropped, 30 of 15415 "
+                                         "gallery images missing")
+    assert matched["vs_paper"] == "max |diff| 1.50 pt (dress_R@10: -1.50), over 1 pt"
+    assert unmatched["vs_paper"] == "no paper row"
+    parsed = list(csv.DictReader(io.StringIO(to_csv(table))))
+    assert parsed[-2]["vs_paper"].endswith("over 1 pt")
+    assert "12 of 6016 queries dropped" in to_markdown(table)
+    assert "12 of 6016 queries dropped" in to_latex(table)
+    # Within a point: no flag; a synthetic row is never compared.
+    values["dress_R@10"] += 1.0
+    path.write_text(json.dumps({"metrics": values, "profile": "real", "split": "val"}))
+    row = build_table("table2_fashioniq", [ReproducedRow("QuRe", "B", {"fashioniq": str(path)},
+                                                         "QuRe", "BLIP-2")]).rows[-1]
+    assert row["vs_paper"] == "max |diff| 0.50 pt (dress_R@10: -0.50)"
+    assert row["missing_images"] == "none"
+    synthetic = build_table("table2_fashioniq", [ReproducedRow(
+        "QuRe", "mini", {"fashioniq": _eval(tmp_path, "s", values)}, "QuRe", "BLIP-2")])
+    assert synthetic.rows[-1]["vs_paper"] == "not comparable (synthetic)"

@@ -23,13 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", required=True, choices=list(TABLES))
     parser.add_argument("--rows", required=True,
-                        help="JSON list of {method, backbone, evaluations: {benchmark: path}}")
+                        help="JSON list of {method, backbone, evaluations: {benchmark: path}, "
+                             "paper_method?, paper_backbone?}")
     parser.add_argument("--out-prefix", required=True, help="writes PREFIX.csv/.md/.tex")
     args = parser.parse_args(argv)
     setup_logging()
     try:
         raw = json.loads(args.rows)
-        rows = [ReproducedRow(r["method"], r["backbone"], r["evaluations"]) for r in raw]
+        rows = [ReproducedRow(r["method"], r["backbone"], r["evaluations"],
+                              r.get("paper_method"), r.get("paper_backbone")) for r in raw]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"--rows: expected a JSON list of {{method, backbone, "
                           f"evaluations}} objects ({err})") from err

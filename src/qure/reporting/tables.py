@@ -39,7 +39,10 @@ BENCHMARK_OF = {"FashionIQ": "fashioniq", "CIRR": "cirr", "CIRCO": "circo",
 BACKBONE_TABLES = ("table6_cirr_backbones", "table7_fashioniq_backbones",
                    "table8_hp_circo_backbones")
 
-META_COLUMNS = ("source", "method", "backbone", "profile", "split")
+META_COLUMNS = ("source", "method", "backbone", "profile", "split", "missing_images",
+                "vs_paper")
+#: A reproduced real-data number further than this from the paper's is flagged.
+PAPER_TOLERANCE = 1.0
 
 
 class TableInputError(QureError):
@@ -53,6 +56,9 @@ class ReproducedRow:
     method: str
     backbone: str
     evaluations: Mapping[str, str]  # benchmark -> evaluation JSON path
+    paper_method: str | None = None
+    """The paper row this row reproduces (same method name), if any."""
+    paper_backbone: str | None = None
 
 
 @dataclass
@@ -71,6 +77,56 @@ def column_benchmarks(paper: PaperTable) -> dict[str, str]:
     return {c.key: BENCHMARK_OF[c.dataset] for c in paper.columns}
 
 
+def missing_note(counts: Mapping[str, Mapping[str, Any]]) -> str:
+    """``benchmark -> missing_images.total`` as one cell: what the missing-image policy
+    left out ("none" when nothing was missing)."""
+    parts = []
+    for benchmark, total in counts.items():
+        dropped = int(total.get("queries_dropped", 0))
+        gallery = int(total.get("gallery_images_missing", 0))
+        if dropped or gallery:
+            # (``queries`` and ``gallery_images`` count the split before the drop.)
+            parts.append(f"{benchmark}: {dropped} of {int(total.get('queries', 0))} queries "
+                         f"dropped, {gallery} of {int(total.get('gallery_images', 0))} "
+                         "gallery images missing")
+    return "; ".join(parts) if parts else "none"
+
+
+def _paper_match(paper: PaperTable, method: str, backbone: str | None) -> Any:
+    for row in paper.rows:
+        if row.method != method:
+            continue
+        stated = (row.backbone or "").split(" ")[0] or None
+        if backbone is None or stated in (None, backbone):
+            return row
+    return None
+
+
+def paper_difference(paper: PaperTable, spec: ReproducedRow, values: Mapping[str, float],
+                     profile: str) -> str:
+    """How far a reproduced row is from the paper's row of the same method and backbone:
+    the largest absolute difference (points) and its metric, flagged above
+    :data:`PAPER_TOLERANCE`. Synthetic rows are not comparable and say so."""
+    if profile != "real":
+        return "not comparable (synthetic)"
+    if not spec.paper_method:
+        return "no paper row"
+    row = _paper_match(paper, spec.paper_method, spec.paper_backbone)
+    if row is None:
+        return f"no paper row for {spec.paper_method} / {spec.paper_backbone}"
+    diffs = {k: values[k] - float(row.values[k]) for k in values
+             if row.values.get(k) is not None}
+    if not diffs:
+        return "no common metric"
+    key = max(diffs, key=lambda k: (abs(diffs[k]), k))
+    text = f"max |diff| {abs(diffs[key]):.2f} pt ({key}: {diffs[key]:+.2f})"
+    if abs(diffs[key]) > PAPER_TOLERANCE:
+        text += f", over {PAPER_TOLERANCE:g} pt"
+    if paper.split and "val" not in paper.split:
+        text += f"; paper split: {paper.split}"
+    return text
+
+
 def build_table(name: str, reproduced: Sequence[ReproducedRow]) -> Table:
     """The paper's rows, then one row per reproduced (method, backbone)."""
     if name not in TABLES:
@@ -81,11 +137,13 @@ def build_table(name: str, reproduced: Sequence[ReproducedRow]) -> Table:
         table.rows.append({"source": "paper", "method": row.method,
                            "backbone": row.backbone or "not stated",
                            "profile": "real", "split": paper.split or "",
+                           "missing_images": "", "vs_paper": "",
                            **{k: row.values[k] for k in paper.column_keys}})
     sources = column_benchmarks(paper)
     for spec in reproduced:
         values: dict[str, float] = {}
         profiles, splits = set(), []
+        missing: dict[str, Mapping[str, Any]] = {}
         for key, benchmark in sources.items():
             try:
                 path = spec.evaluations[benchmark]
@@ -105,10 +163,16 @@ def build_table(name: str, reproduced: Sequence[ReproducedRow]) -> Table:
             split = f"{benchmark}:{result.get('split')}"
             if split not in splits:
                 splits.append(split)
+            total = (result.get("missing_images") or {}).get("total")
+            if isinstance(total, Mapping):
+                missing[benchmark] = total
+        profile = "+".join(sorted(profiles))
         table.rows.append({"source": "reproduced", "method": spec.method,
-                           "backbone": spec.backbone,
-                           "profile": "+".join(sorted(profiles)),
-                           "split": ", ".join(splits), **values})
+                           "backbone": spec.backbone, "profile": profile,
+                           "split": ", ".join(splits),
+                           "missing_images": missing_note(missing),
+                           "vs_paper": paper_difference(paper, spec, values, profile),
+                           **values})
     return table
 
 
@@ -135,12 +199,15 @@ def _caption(table: Table) -> str:
     return (f"Table {p.number} of the QuRe paper ({p.source}) with the rows this workflow "
             "reproduced. Paper rows are real data as printed; reproduced rows state their "
             "data profile, backbone and split (synthetic rows use the mini backbone and "
-            "are not comparable in absolute value).")
+            "are not comparable in absolute value), the queries and gallery images the "
+            "missing-image policy left out, and on real data the largest difference from "
+            f"the paper's row of the same method (flagged over {PAPER_TOLERANCE:g} point).")
 
 
 def to_markdown(table: Table) -> str:
     labels = [table.paper.column(k).label for k in table.metric_keys]
-    head = ["Source", "Method", "Backbone", "Profile", "Split", *labels]
+    head = ["Source", "Method", "Backbone", "Profile", "Split", "Missing images", "vs paper",
+            *labels]
     lines = [f"**{table.name}**: {_caption(table)}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
@@ -177,7 +244,13 @@ def to_latex(table: Table) -> str:
         cells = [latex_escape(str(row[c])) for c in ("method", "backbone", "profile")]
         cells += [_fmt(row[k], table.paper.decimals) for k in keys]
         out.append(" & ".join(cells) + " \\\\")
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    out += ["\\bottomrule", "\\end{tabular}"]
+    notes = [f"{row['method']} ({row['backbone']}): missing images {row['missing_images']}; "
+             f"vs paper {row['vs_paper']}" for row in table.rows
+             if row["source"] == "reproduced"]
+    if notes:
+        out += ["\\par\\footnotesize", *(latex_escape(n) + "\\\\" for n in notes)]
+    out.append("\\end{table}")
     return "\n".join(out) + "\n"
 
 
