@@ -50,14 +50,15 @@ rule dataset_stats:
 # --- profile real: fetch, lay out and verify (logic in qure.download) ----------------------
 
 REAL = config["data"]["real"]
-MIRROR = f"--base-url {REAL['base_url']}" if REAL["base_url"] else ""
+# --base-url (a mirror) and --substitutes (its files that are not the upstream bytes).
+MIRROR = PLAN.download_args()
 
 
 rule fetch_annotations:
     output:
-        str(PLAN.results / "data" / "{dataset}_annotations.json"),
+        PLAN.annotations_manifest("{dataset}"),
     params:
-        root=lambda w: PLAN.root(w.dataset),
+        root=lambda w: PLAN.full_root(w.dataset),
         mirror=MIRROR,
         progress="" if config["progress"] else "--no-progress",
     retries: 2
@@ -74,6 +75,7 @@ rule fetch_annotations:
 
 FIQ_IMAGES = {
     "urls": "--from-urls --image-data-links",
+    "mirror": "--from-urls --images-from-mirror --image-data-links",
     "archive": f"--from-archive {REAL['fashioniq_images']['path']} --image-data-links",
     "folder": f"--from-folder {REAL['fashioniq_images']['path']} --image-data-links",
 }[REAL["fashioniq_images"]["source"]]
@@ -84,13 +86,37 @@ IMAGE_SOURCES = {
 }
 
 
+if PLAN.subset() is not None:
+
+    # data.subset: the first N queries per split and category with their images plus M
+    # other gallery images, as dataset roots in the real format (qure.data.subset).
+    rule subset_dataset:
+        input:
+            lambda w: PLAN.subset_inputs(w.dataset),
+        output:
+            PLAN.subset_manifest("{dataset}"),
+        params:
+            root=lambda w: PLAN.full_root(w.dataset),
+            out=lambda w: PLAN.subset_root(w.dataset),
+            size=lambda w: PLAN.subset_args(w.dataset),
+        log:
+            f"{LOGS}/data/subset_{{dataset}}.log",
+        wildcard_constraints:
+            dataset="fashioniq|cirr|circo|hp_fashioniq",
+        conda:
+            "../envs/qure.yaml"
+        shell:
+            "python workflow_scripts/make_subset.py --dataset {wildcards.dataset} "
+            "--root {params.root} --out {params.out} {params.size} > {log} 2>&1"
+
+
 rule fetch_images:
     input:
-        str(PLAN.results / "data" / "{dataset}_annotations.json"),
+        lambda w: PLAN.images_inputs(w.dataset),
     output:
-        str(PLAN.results / "data" / "{dataset}_images.json"),
+        PLAN.images_report("{dataset}"),
     params:
-        root=lambda w: PLAN.root(w.dataset),
+        root=lambda w: PLAN.images_root(w.dataset),
         source=lambda w: IMAGE_SOURCES[w.dataset],
         mirror=MIRROR,
         progress="" if config["progress"] else "--no-progress",
@@ -120,6 +146,7 @@ rule verify_dataset:
             if w.dataset == "hp_fashioniq" and config["data"]["hp_image_root"]
             else ""
         ),
+        catalogue=lambda w: PLAN.verify_args(w.dataset),
     log:
         f"{LOGS}/data/verify_{{dataset}}.log",
     wildcard_constraints:
@@ -128,7 +155,8 @@ rule verify_dataset:
         "../envs/qure.yaml"
     shell:
         "python workflow_scripts/verify_dataset.py --dataset {wildcards.dataset} "
-        "--root {params.root} {params.image_root} --out {output} > {log} 2>&1"
+        "--root {params.root} {params.image_root} {params.catalogue} --out {output} "
+        "> {log} 2>&1"
 
 
 rule fetch_weights:

@@ -18,6 +18,8 @@ rule extract_features:
             else ""
         ),
         progress="" if config["progress"] else "--no-progress",
+        # evaluation.test_servers: CIRR test1 / CIRCO test images too.
+        splits=lambda w: PLAN.feature_split_args(w.dataset),
     threads: config["threads"]
     resources:
         gpu=1,
@@ -32,7 +34,7 @@ rule extract_features:
     shell:
         "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
         "--root {params.root} {params.image_root} --encoder {input.encoder} --out {output.npy} "
-        "--threads {threads} {params.model} {params.progress} > {log} 2>&1"
+        "{params.splits} --threads {threads} {params.model} {params.progress} > {log} 2>&1"
 
 
 # The paper backbone: BLIP-2 ViT-L converted from LAVIS's weights (every key accounted
@@ -48,6 +50,9 @@ rule convert_blip2_weights:
     output:
         model=PLAN.blip2_weights(),
         report=str(PLAN.results / "data" / "blip2_conversion.json"),
+    params:
+        # backbones.<name>.model_config: Blip2VitLConfig overrides ({} = the paper model).
+        model_config=PLAN.blip2_config_arg(),
     log:
         f"{LOGS}/convert_blip2_weights.log",
     conda:
@@ -55,7 +60,7 @@ rule convert_blip2_weights:
     shell:
         "python workflow_scripts/convert_blip2_weights.py --blip2 {input.blip2} "
         "--vit {input.vit} --vocab {input.vocab} --out {output.model} "
-        "--report {output.report} > {log} 2>&1"
+        "--report {output.report} {params.model_config} > {log} 2>&1"
 
 
 rule extract_features_blip2:
@@ -74,6 +79,8 @@ rule extract_features_blip2:
             else ""
         ),
         progress="" if config["progress"] else "--no-progress",
+        # evaluation.test_servers: CIRR test1 / CIRCO test images too.
+        splits=lambda w: PLAN.feature_split_args(w.dataset),
     threads: config["threads"]
     resources:
         gpu=1,
@@ -88,5 +95,6 @@ rule extract_features_blip2:
     shell:
         "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
         "--root {params.root} {params.image_root} --backbone {input.backbone} "
-        "--out {output.npy} --batch-size 64 --threads {threads} {params.model} {params.progress} "
+        "--out {output.npy} {params.splits} --batch-size 64 --threads {threads} {params.model} "
+        "{params.progress} "
         "> {log} 2>&1"

@@ -19,6 +19,29 @@ def _shared_data_dir() -> Path:
     return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
 
 
+# --- test distribution over xdist workers -------------------------------------------------
+
+#: Test files that share one expensive session fixture: each group runs on one worker
+#: (a session fixture is built once per worker), the other files are spread file by file.
+SHARED_FIXTURE_FILES = {"test_workflow_run.py": "smoke-study",
+                        "test_dvc_remote.py": "smoke-study"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile``, except that the files of :data:`SHARED_FIXTURE_FILES` form one
+    work unit (the smoke study's ``dvc repro`` is built once, not on every worker)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return SHARED_FIXTURE_FILES.get(scope.rsplit("/", 1)[-1], scope)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real FashionIQ/CIRR/CIRCO/HP-FashionIQ annotations (no images).
@@ -85,6 +108,6 @@ def smoke_study(tmp_path_factory) -> dict:
     repro = _checked([sys.executable, "-m", "dvc", "repro"], work, 1800)
     seconds = time.perf_counter() - started
     print(f"\ndvc repro (smoke study): {seconds:.1f} s")
-    status = _checked([sys.executable, "-m", "dvc", "status"], work, 300)
+    status = _checked([sys.executable, "-m", "dvc", "status", "dvc.yaml"], work, 300)
     return {"work": work, "repro": repro, "status": status, "seconds": seconds}
 

@@ -32,13 +32,10 @@ from qure.models.lavis_convert import (
     IGNORED_BLIP2_KEYS,
     LavisConversionError,
     backbone_from_lavis,
-    blip2_target,
     convert_lavis_state_dicts,
-    lavis_blip2_keys,
-    lavis_vit_keys,
-    vit_targets,
 )
 from qure.models.preprocess import load_image, targetpad_transform
+from qure.rehearsal.weights import lavis_checkpoint, vit_file
 from qure.training.data import TrainingData
 from qure.training.trainer import TrainConfig, Trainer
 from tests.conftest import REPO_ROOT
@@ -71,42 +68,6 @@ def tiny_model(seed: int = 0, **overrides) -> Blip2VitLBackbone:
 def pixels(n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, TINY.image_size, TINY.image_size,
                        generator=torch.Generator().manual_seed(seed))
-
-
-def lavis_checkpoint(model: Blip2VitLBackbone, with_vit: bool = True) -> dict[str, torch.Tensor]:
-    """The LAVIS-named state dict that converts into ``model``'s weights, plus the keys
-    LAVIS has and this backbone drops (LM head, ITM head, position_ids)."""
-    ours = model.state_dict()
-    config = model.model_config
-    state = {key: ours[blip2_target(key)].clone() for key in lavis_blip2_keys(config)}
-    if with_vit:
-        for key in lavis_vit_keys(config):
-            targets = [ours[name] for name, _ in vit_targets(key)]
-            state["visual_encoder." + key] = torch.cat(targets).clone().half()
-    width = config.qformer_width
-    state["Qformer.bert.embeddings.position_ids"] = torch.arange(
-        config.max_position_embeddings)[None]
-    state["Qformer.cls.predictions.bias"] = torch.zeros(config.vocab_size)
-    state["Qformer.cls.predictions.transform.dense.weight"] = torch.zeros(width, width)
-    state["Qformer.cls.predictions.decoder.weight"] = torch.zeros(config.vocab_size, width)
-    state["itm_head.weight"] = torch.zeros(2, width)
-    state["itm_head.bias"] = torch.zeros(2)
-    return state
-
-
-def vit_file(model: Blip2VitLBackbone, extra_blocks: int = 1) -> dict[str, torch.Tensor]:
-    """A stand-alone CLIP ViT state dict: the kept blocks plus CLIP's later ones and head."""
-    ckpt = lavis_checkpoint(model)
-    vit = {k[len("visual_encoder."):]: v for k, v in ckpt.items()
-           if k.startswith("visual_encoder.")}
-    layers = model.model_config.vision_layers
-    for i in range(layers, layers + extra_blocks):
-        for key in [k for k in vit if k.startswith("transformer.resblocks.0.")]:
-            vit[key.replace(".0.", f".{i}.", 1)] = vit[key].clone()
-    width = model.model_config.vision_width
-    vit.update({"ln_post.weight": torch.ones(width), "ln_post.bias": torch.zeros(width),
-                "proj": torch.zeros(width, 8)})
-    return vit
 
 
 # --- tokenizer ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from qure.data import open_dataset
 from qure.models.feature_cache import FeatureCache
 from qure.stages.data import split_images, study_splits
 from tests.conftest import REPO_ROOT
@@ -125,3 +126,61 @@ def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path, script):
     assert result.stderr.strip().splitlines() == [
         "error: device: 'cuda' was asked for (--device cuda / config key `device`) but torch "
         "sees no CUDA device; use cpu or auto"]
+
+
+def test_test_server_files_of_a_trained_model(tmp_path):
+    """write_submission.py on a CIRR model: CIRR test1 (recall, recall_subset) and CIRCO
+    test files, validated, covering every test query; a missing test image stops it."""
+    from qure.submissions import validate_circo_submission, validate_cirr_submission
+
+    data = tmp_path / "synthetic"
+    # The default scale: the servers need 50 predictions, more than a smoke gallery holds.
+    cli("synthesize.py", "--out", str(data), "--seed", "2", "--scale", "default",
+        "--benchmarks", "cirr", "circo")
+    encoder = tmp_path / "encoder.pt"
+    cli("pretrain_encoder.py", "--benchmark", f"cirr={data / 'cirr'}", "--out", str(encoder),
+        "--epochs", "1", "--threads", "1")
+    features = {}
+    for dataset in ("cirr", "circo"):
+        features[dataset] = tmp_path / f"{dataset}.npy"
+        cli("extract_features.py", "--dataset", dataset, "--root", str(data / dataset),
+            "--encoder", str(encoder), "--out", str(features[dataset]), "--include-test",
+            "--threads", "1")
+    run = tmp_path / "run"
+    cli("train.py", "--dataset", "cirr", "--root", str(data / "cirr"), "--features",
+        str(features["cirr"]), "--encoder", str(encoder), "--out", str(run),
+        "--set", "epochs=1", "--set", "n_def=1", "--set", "snapshot_queries=0",
+        "--threads", "1", "--no-progress")
+    out = tmp_path / "submissions"
+    reports = {}
+    for benchmark in ("cirr", "circo"):
+        reports[benchmark] = out / f"{benchmark}.json"
+        cli("write_submission.py", "--benchmark", benchmark, "--root", str(data / benchmark),
+            "--run", str(run), "--features", str(features[benchmark]), "--out-dir", str(out),
+            "--name", "mini_qure", "--report", str(reports[benchmark]), "--threads", "1")
+    test1 = open_dataset("cirr", data / "cirr").load_split("test1")
+    recall = json.loads((out / "recall_submission_mini_qure.json").read_text())
+    subset = json.loads((out / "recall_subset_submission_mini_qure.json").read_text())
+    validate_cirr_submission(recall, "recall")
+    validate_cirr_submission(subset, "recall_subset")
+    assert set(recall) - {"version", "metric"} == {q.query_id for q in test1}
+    for query in test1:  # the reference never ranks; the subset ranks img_set members
+        assert query.reference not in recall[query.query_id]
+        assert set(subset[query.query_id]) <= set(query.members) - {query.reference}
+    circo_test = open_dataset("circo", data / "circo").load_split("test")
+    circo = json.loads((out / "circo_submission_mini_qure.json").read_text())
+    validate_circo_submission(circo, [q.query_id for q in circo_test])
+    report = json.loads(reports["cirr"].read_text())
+    assert report["split"] == "test1" and report["queries"] == len(test1)
+    assert [f["path"] for f in report["files"]] == [
+        str(out / "recall_submission_mini_qure.json"),
+        str(out / "recall_subset_submission_mini_qure.json")]
+    # A test image gone: the server needs every query, so the policy is always fail.
+    test1.gallery.image_path(test1.queries[0].reference).unlink()
+    failed = subprocess.run([sys.executable, str(SCRIPTS / "write_submission.py"),
+                             "--benchmark", "cirr", "--root", str(data / "cirr"), "--run",
+                             str(run), "--features", str(features["cirr"]), "--out-dir",
+                             str(tmp_path / "again"), "--name", "x", "--report",
+                             str(tmp_path / "again.json")], capture_output=True, text=True)
+    assert failed.returncode == 2 and "missing" in failed.stderr, failed.stderr
+    assert not (tmp_path / "again.json").exists()

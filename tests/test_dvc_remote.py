@@ -76,7 +76,7 @@ def origin(smoke_study, tmp_path_factory):
     remote = tmp_path_factory.mktemp("dvc_remote") / "remote"
     _dvc(work, "remote", "add", "--local", "-d", "shared", str(remote))
     started = time.perf_counter()
-    _dvc(work, "push")
+    _dvc(work, "push", "dvc.yaml")
     print(f"dvc push: {time.perf_counter() - started:.1f} s")
     _git(work, "add", "dvc.lock")
     _git(work, "commit", "-q", "-m", "dvc.lock after repro")
@@ -91,7 +91,7 @@ def clone(origin, tmp_path_factory):
     _git(origin["work"].parent, "clone", "-q", str(origin["work"]), str(work))
     _dvc(work, "remote", "add", "--local", "-d", "shared", str(origin["remote"]))
     started = time.perf_counter()
-    _dvc(work, "pull")
+    _dvc(work, "pull", "dvc.yaml")
     print(f"\ndvc pull: {time.perf_counter() - started:.1f} s")
     return work
 
@@ -128,7 +128,7 @@ def test_pull_restores_checkpoints_metrics_and_scores(origin, clone):
     for path in outputs:
         assert (clone / path).is_file(), f"{path} not pulled"
         assert _sha256(clone / path) == _sha256(origin["work"] / path), path
-    assert UP_TO_DATE in _dvc(clone, "status")
+    assert UP_TO_DATE in _dvc(clone, "status", "dvc.yaml")
 
 
 def _delete_tables_and_figures(clone: Path) -> None:
@@ -165,4 +165,4 @@ def test_clone_rebuilds_tables_and_figures_without_training(clone):
     assert not [r for r in rules if FORBIDDEN.match(r)], out[-3000:]
     assert set(rules) <= PRESENTATION
     _assert_tables_and_figures(clone)
-    assert UP_TO_DATE in _dvc(clone, "status")
+    assert UP_TO_DATE in _dvc(clone, "status", "dvc.yaml")

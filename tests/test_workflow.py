@@ -4,6 +4,7 @@ dvc.yaml, Snakemake lint and dry runs (default, smoke and paper profiles)."""
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from qure.workflow.config import (
     training_runs,
     validate_config,
 )
+from qure.workflow.dvc import PAPER as PAPER_PIPELINE
 from qure.workflow.dvc import dvc_outputs, render_dvc_yaml
 from qure.workflow.plan import FIGURE_NAMES, TABLE_NAMES, Plan
 from tests.conftest import tool_env
@@ -155,6 +157,87 @@ def test_pretrained_init_only_for_mini_backbones(config):
 def test_dvc_yaml_is_generated_from_the_default_config(config):
     assert (REPO / "dvc.yaml").read_text() == render_dvc_yaml(config), \
         "dvc.yaml is stale: run python workflow_scripts/write_dvc_yaml.py"
+
+
+def test_paper_dvc_yaml_is_generated_from_the_paper_profile():
+    config = load_config(DEFAULT, PAPER)
+    assert (REPO / "paper" / "dvc.yaml").read_text() == render_dvc_yaml(
+        config, PAPER_PIPELINE), "paper/dvc.yaml is stale: run workflow_scripts/write_dvc_yaml.py"
+
+
+def test_paper_dvc_pipeline_runs_the_paper_profile_and_every_out_is_a_target():
+    document = yaml.safe_load((REPO / "paper" / "dvc.yaml").read_text())
+    stages = document["stages"]
+    outputs = dvc_outputs(document)
+    assert len(outputs) == len(set(outputs))
+    for stage in stages.values():
+        assert stage["wdir"] == ".." and "--configfile config/paper.yaml " in stage["cmd"]
+    # No path is declared by both pipelines (DVC refuses overlapping outputs).
+    default = set(dvc_outputs(yaml.safe_load((REPO / "dvc.yaml").read_text())))
+    assert not default & set(outputs)
+    # The server files are outputs; the big caches and converted weights are not cached.
+    assert any("recall_submission_" in p for p in outputs)
+    uncached = {next(iter(o)) for o in stages["features"]["outs"] if isinstance(o, dict)}
+    assert {p for p in dvc_outputs({"stages": {"f": stages["features"]}})} == uncached
+    result = snakemake("-n", "--quiet", "rules", "--cores", "1", "--configfile", str(PAPER),
+                       "--resources", "gpu=1", "--", *outputs)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _params_of(stage: dict) -> dict[str, list[str]]:
+    return {name: keys for entry in stage.get("params", []) for name, keys in entry.items()}
+
+
+def test_paper_dvc_params_name_the_file_that_sets_each_key():
+    stages = yaml.safe_load((REPO / "paper" / "dvc.yaml").read_text())["stages"]
+    train = _params_of(stages["train_fashioniq_blip2_vitl_topk"])
+    # k = 100 is set in paper.yaml; the rest of the method in config.yaml.
+    assert "methods.topk" in train["config/paper.yaml"]
+    assert "methods.topk" in train["config/config.yaml"]
+    assert "backbones.blip2_vitl" in train["config/paper.yaml"]
+    assert "backbones.blip2_vitl" not in train.get("config/config.yaml", [])
+
+
+def test_dvc_status_notices_an_edit_of_the_paper_profile(tmp_path):
+    """Commit the benchmarks stage of both pipelines in a scratch copy, then edit
+    config/paper.yaml: only the paper stage that reads the edited key goes stale."""
+    work = tmp_path / "work"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in listed.splitlines():
+        if (REPO / rel).is_file() and (rel.startswith(("config/", "src/", "rules/",
+                                                       "workflow_scripts/", "paper/", ".dvc"))
+                                       or rel in ("dvc.yaml", "Snakefile", ".dvcignore")):
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            (work / rel).write_bytes((REPO / rel).read_bytes())
+    env = {**tool_env(), "DVC_NO_ANALYTICS": "1"}
+
+    def run(*cmd: str) -> str:
+        result = subprocess.run(list(cmd), cwd=work, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result.stdout + result.stderr
+
+    dvc = [sys.executable, "-m", "dvc"]
+    run("git", "init", "-q")
+    for pipeline, config in (("dvc.yaml", [DEFAULT]), ("paper/dvc.yaml", [DEFAULT, PAPER])):
+        plan = Plan(load_config(*config))
+        for path in (plan.dataset_stats(d) for d in ("fashioniq", "cirr", "circo", "hp_fashioniq")):
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).write_text("{}\n")
+        run(*dvc, "commit", "-f", "-q", f"{pipeline}:benchmarks")
+    clean = "Data and pipelines are up to date."
+    assert clean in run(*dvc, "status", "paper/dvc.yaml:benchmarks")
+    paper = work / "config" / "paper.yaml"
+    # A key the stage does not read leaves it clean ...
+    paper.write_text(paper.read_text().replace("n_def: 6", "n_def: 5"))
+    assert clean in run(*dvc, "status", "paper/dvc.yaml:benchmarks")
+    # ... one it reads makes it stale, naming the file and the key.
+    paper.write_text(paper.read_text().replace("missing_images: drop", "missing_images: fail"))
+    out = run(*dvc, "status", "paper/dvc.yaml:benchmarks")
+    assert "config/paper.yaml:" in out and re.search(r"modified:\s+data\b", out), out
+    # The embedded study does not read config/paper.yaml.
+    assert clean in run(*dvc, "status", "dvc.yaml:benchmarks")
 
 
 def test_dvc_has_real_stages_and_every_out_is_a_snakemake_target(config):

@@ -11,9 +11,9 @@ import logging
 import sys
 
 from qure.cli import reports_errors, setup_logging
-from qure.download.cli import add_network_args, network_options, write_json
+from qure.download.cli import add_network_args, catalogue, network_options, write_json
 from qure.download.fetch import fetch_files
-from qure.download.sources import GROUPS, dataset_sources
+from qure.download.sources import GROUPS
 
 log = logging.getLogger("fetch_annotations")
 DATASETS = ("fashioniq", "cirr", "circo", "hp_fashioniq")
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    sources = dataset_sources(args.dataset, args.sources)
+    sources = catalogue(args, args.dataset)
     groups = tuple(args.group or ("annotations",))
     files = sources.select(groups, args.only)
     files = [f for f in files if f.path not in args.exclude
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = fetch_files(files, args.root, **network_options(args))
     write_json(args.manifest, {
         "dataset": args.dataset, "root": str(args.root), "groups": list(groups),
-        "base_url": args.base_url, "files": rows,
+        "base_url": args.base_url, "sources": args.sources, "substitutes": args.substitutes,
+        "files": rows,
     })
     log.info("%d %s file(s) in place under %s", len(rows), args.dataset, args.root)
     return 0

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from qure.cli import reports_errors, setup_logging
 from qure.download.archives import extract_archive, marker_path
-from qure.download.cli import add_network_args, network_options, write_json
+from qure.download.cli import add_network_args, catalogue, network_options, write_json
 from qure.download.fetch import fetch_files
 from qure.download.http import sidecar_path
 from qure.download.layout import (
@@ -36,7 +36,6 @@ from qure.download.layout import (
     import_fashioniq_images,
     link_image_data,
 )
-from qure.download.sources import dataset_sources
 
 log = logging.getLogger("fetch_images")
 
@@ -47,6 +46,8 @@ def _fashioniq(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tup
     if len(chosen) != 1:
         parser.error("fashioniq needs exactly one of --from-archive, --from-folder, "
                      "--from-urls")
+    if args.images_from_mirror and not (args.from_urls and args.base_url):
+        parser.error("--images-from-mirror needs --from-urls and --base-url")
     report: dict = {}
     if args.from_archive:
         report["import"] = import_fashioniq_images(root, args.from_archive)
@@ -56,13 +57,14 @@ def _fashioniq(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tup
         if args.url_list_dir:
             lists = {c: Path(args.url_list_dir) / f"asin2url.{c}.txt" for c in FIQ_CATEGORIES}
         else:
-            files = dataset_sources("fashioniq", args.sources).select(("image_urls",))
+            files = catalogue(args, "fashioniq").select(("image_urls",))
             report["url_lists"] = fetch_files(files, root, **network_options(args))
             lists = {c: root / "image_url" / f"asin2url.{c}.txt" for c in FIQ_CATEGORIES}
         report["fetch"] = fetch_fashioniq_images(
             root, lists, workers=args.workers, retries=min(args.retries, 2),
             timeout=min(args.timeout, 30.0), backoff=args.backoff,
-            progress=not args.no_progress)
+            progress=not args.no_progress,
+            base_url=args.base_url if args.images_from_mirror else None)
     if args.image_data_links:
         report["image_data_links"] = link_image_data(root)
     report["images"] = fashioniq_image_report(root)
@@ -84,7 +86,7 @@ def _cirr(args: argparse.Namespace) -> tuple[dict, bool]:
 
 def _circo(args: argparse.Namespace) -> tuple[dict, bool]:
     root = Path(args.root)
-    files = dataset_sources("circo", args.sources).select(("images",), args.only)
+    files = catalogue(args, "circo").select(("images",), args.only)
     report: dict = {"downloads": [], "extracted": []}
     already = check_circo_images(root)
     if already["complete"]:  # placed by hand or by an earlier run: download nothing
@@ -133,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     fiq.add_argument("--url-list-dir", default=None,
                      help="with --from-urls: read asin2url.<cat>.txt from this folder instead "
                           "of downloading the lists")
+    fiq.add_argument("--images-from-mirror", action="store_true",
+                     help="with --from-urls and --base-url: fetch each image from the mirror "
+                          "(<base-url>/fashioniq/url_images/<host>/<path> of its listed URL) "
+                          "instead of its upstream host")
     fiq.add_argument("--workers", type=int, default=8,
                      help="parallel image downloads with --from-urls (default 8)")
     fiq.add_argument("--method", choices=METHODS, default="copy",
@@ -161,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         report, complete = _cirr(args)
     else:
         report, complete = _circo(args)
-    report = {"dataset": args.dataset, "root": str(args.root), "complete": complete, **report}
+    report = {"dataset": args.dataset, "root": str(args.root), "complete": complete,
+              "base_url": args.base_url, "sources": args.sources,
+              "substitutes": args.substitutes, **report}
     write_json(args.report, report)
     if complete:
         return 0

@@ -11,9 +11,8 @@ import logging
 import sys
 
 from qure.cli import reports_errors, setup_logging
-from qure.download.cli import add_network_args, network_options, write_json
+from qure.download.cli import add_network_args, catalogue, network_options, write_json
 from qure.download.fetch import fetch_files
-from qure.download.sources import dataset_sources
 
 log = logging.getLogger("fetch_weights")
 
@@ -31,10 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
 
-    files = dataset_sources("weights", args.sources).select(("weights",), args.only)
+    files = catalogue(args, "weights").select(("weights",), args.only)
     rows = fetch_files(files, args.out_dir, **network_options(args))
     write_json(args.manifest, {"dataset": "weights", "root": str(args.out_dir),
-                               "base_url": args.base_url, "files": rows})
+                               "base_url": args.base_url, "sources": args.sources,
+                               "substitutes": args.substitutes, "files": rows})
     log.info("%d weight file(s) in place under %s", len(rows), args.out_dir)
     return 0
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from qure.cli import reports_errors, setup_logging
 from qure.data import HPFashionIQ
 from qure.data.stats import dataset_stats, has_problems
+from qure.data.subset import MANIFEST
 from qure.download.cli import write_json
 from qure.download.fetch import verify_files
+from qure.download.http import file_digests
 from qure.download.layout import (
     check_circo_images,
     check_cirr_images,
@@ -27,6 +30,7 @@ from qure.download.layout import (
 )
 from qure.download.sources import dataset_sources
 from qure.errors import QureError
+from qure.io import read_json
 
 log = logging.getLogger("verify_dataset")
 DATASETS = ("fashioniq", "cirr", "circo", "hp_fashioniq")
@@ -65,6 +69,19 @@ def _images(dataset: str, root: str, image_root: str | None) -> tuple[dict, str 
     return report, None if report.get("complete") else fix
 
 
+def _subset_check(root: str, full_root: str) -> dict | None:
+    """For a subset root (data.subset): its manifest, and the source files that changed."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = read_json(path, dict)
+    stale = [rel for rel, digest in manifest.get("source_files", {}).items()
+             if not (Path(full_root) / rel).is_file()
+             or file_digests(Path(full_root) / rel)[0] != digest]
+    return {"manifest": str(path), "queries": manifest.get("queries"),
+            "gallery": manifest.get("gallery"), "stale": stale}
+
+
 @reports_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output JSON report")
     parser.add_argument("--sources", default=None,
                         help="catalogue YAML instead of the packaged sources.yaml")
+    parser.add_argument("--substitutes", default=None, metavar="YAML",
+                        help="the mirror files that are not the upstream bytes (as given to "
+                             "the fetch scripts); their substitute pins are checked")
+    parser.add_argument("--annotations-root", default=None,
+                        help="where the catalogue's annotation files are checked (default "
+                             "--root); for a subset root (data.subset), the full root it was "
+                             "cut from")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 (with instructions) if anything is missing or wrong")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -87,14 +111,23 @@ def main(argv: list[str] | None = None) -> int:
 
     problems: list[str] = []
     fixes: list[str] = []
-    files = dataset_sources(args.dataset, args.sources).select(("annotations",))
-    annotations = verify_files(files, args.root)
+    files = dataset_sources(args.dataset, args.sources, args.substitutes).select(
+        ("annotations",))
+    annotations_root = args.annotations_root or args.root
+    annotations = verify_files(files, annotations_root)
     for row in annotations:
         if row["status"] in ("missing", "mismatch"):
             problems.append(f"annotation {row['dest']}: {row['status']}")
     if any(row["status"] in ("missing", "mismatch") for row in annotations):
         fixes.append(f"Run workflow_scripts/fetch_annotations.py --dataset {args.dataset} "
-                     f"--root {args.root} --manifest <file> (delete a mismatching file first).")
+                     f"--root {annotations_root} --manifest <file> (delete a mismatching "
+                     "file first).")
+    subset = _subset_check(args.root, annotations_root)
+    if subset is not None and subset["stale"]:
+        problems.append(f"the subset at {args.root} was cut from other annotation files than "
+                        f"those now under {annotations_root}: {', '.join(subset['stale'])}")
+        fixes.append(f"Delete {Path(args.root) / MANIFEST} and rerun the workflow (the subset "
+                     "rule writes it again).")
     options: dict[str, Any] = {}
     if args.image_root is not None:
         options["image_root"] = args.image_root
@@ -111,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     if fix:
         problems.append("images missing (see 'images')")
         fixes.append(fix)
-    report = {"dataset": args.dataset, "root": str(args.root), "ok": not problems,
+    report = {"dataset": args.dataset, "root": str(args.root),
+              "annotations_root": str(annotations_root), "substitutes": args.substitutes,
+              "subset": subset,
+              "ok": not problems,
               "problems": problems, "fix": fixes, "annotations": annotations,
               "stats": stats, "images": images}
     write_json(args.out, report)

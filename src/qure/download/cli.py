@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
+from qure.download.sources import DatasetSources, dataset_sources
+from qure.errors import ConfigError
 from qure.io import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 def add_network_args(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +22,10 @@ def add_network_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-url", default=None,
                        help="fetch every file from <base-url>/<mirror path> instead of its "
                             "upstream URL (a mirror, or a loopback server in tests)")
+    group.add_argument("--substitutes", default=None, metavar="YAML",
+                       help="with --base-url: the mirror files that are not the upstream "
+                            "bytes, each with its reason, size and sha256 (see "
+                            "qure.download.sources); every manifest row of one records it")
     group.add_argument("--retries", type=int, default=5,
                        help="retries per file after a failed attempt (default 5)")
     group.add_argument("--backoff", type=float, default=1.0,
@@ -25,6 +34,21 @@ def add_network_args(parser: argparse.ArgumentParser) -> None:
                        help="socket timeout in seconds (default 60)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
     group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def catalogue(args: argparse.Namespace, dataset: str) -> DatasetSources:
+    """``dataset``'s catalogue entries from ``--sources``, with ``--substitutes`` applied
+    (only together with a mirror, ``--base-url``: substitutes describe a mirror's files)."""
+    substitutes = getattr(args, "substitutes", None)
+    if substitutes and not getattr(args, "base_url", None):
+        raise ConfigError(f"--substitutes {substitutes}: describes a mirror's files; give "
+                          "the mirror with --base-url")
+    sources = dataset_sources(dataset, args.sources, substitutes)
+    for entry in sources.files:
+        if entry.substitute:
+            log.warning("%s: the mirror's file is a substitute, checked against the pins of "
+                        "%s: %s", entry.path, substitutes, entry.substitute)
+    return sources
 
 
 def network_options(args: argparse.Namespace) -> dict[str, Any]:

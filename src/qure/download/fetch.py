@@ -32,6 +32,7 @@ def fetch_files(files: Iterable[SourceFile], root: str | Path, *, base_url: str 
             "group": entry.group, "size": result.size, "sha256": result.sha256,
             "md5": result.md5, "pinned": result.pinned, "checksum_verified": entry.verified,
             "status": result.status, "resumed_from": result.resumed_from,
+            "substitute": entry.substitute,
         })
     return rows
 
@@ -45,7 +46,7 @@ def verify_files(files: Iterable[SourceFile], root: str | Path) -> list[dict]:
     for entry in files:
         dest = entry.dest(root)
         row: dict = {"path": entry.path, "dest": str(dest), "expected_sha256": entry.sha256,
-                     "expected_size": entry.size}
+                     "expected_size": entry.size, "substitute": entry.substitute}
         if not dest.is_file():
             row["status"] = "missing"
             rows.append(row)

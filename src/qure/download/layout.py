@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from tqdm import tqdm
 
@@ -38,6 +39,8 @@ METHODS = ("copy", "hardlink", "symlink", "move")
 MISSING_EXAMPLES = 20
 NLVR2_URL = "https://github.com/lil-lab/nlvr/tree/master/nlvr2"
 CIRR_URL = "https://github.com/Cuberick-Orion/CIRR"
+#: Where a mirror (``--base-url``) serves the URL-list images: <host>/<path> under it.
+URL_IMAGES_MIRROR = "fashioniq/url_images"
 
 
 # --- placing files -----------------------------------------------------------------------
@@ -190,15 +193,27 @@ def _sniff(path: Path) -> str | None:
     return None
 
 
+def mirror_image_url(url: str, base_url: str) -> str:
+    """Where a mirror serves a URL-list image: ``<base_url>/fashioniq/url_images/<host>/
+    <path>`` (the upstream URL's host and path; a query string is not part of it)."""
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.path.strip("/"):
+        raise DownloadError(f"{url}: cannot be mirrored (no host or path)")
+    return (base_url.rstrip("/") + "/"
+            + quote(f"{URL_IMAGES_MIRROR}/{parts.hostname}/{parts.path.lstrip('/')}"))
+
+
 def fetch_fashioniq_images(root: str | Path, url_lists: Mapping[str, str | Path], *,
                            workers: int = 8, retries: int = 1, timeout: float = 20.0,
                            backoff: float = 0.5, max_unreachable: int = 50,
-                           progress: bool = True) -> dict:
+                           progress: bool = True, base_url: str | None = None) -> dict:
     """Download split images from the per-ASIN URL lists; dead links are skipped.
 
     Continues past every per-image error (404, not an image, timeouts) and records it;
     stops with :class:`OfflineError` only after ``max_unreachable`` consecutive images
     whose host could not be reached (the machine is then most likely offline).
+    With ``base_url`` every image comes from that mirror instead (:func:`mirror_image_url`);
+    an image the mirror lacks is a failure like a dead link.
     """
     root = Path(root)
     images = root / "images"
@@ -210,6 +225,8 @@ def fetch_fashioniq_images(root: str | Path, url_lists: Mapping[str, str | Path]
         for asin, url in parse_asin2url(path).items():
             if asin in needed:
                 urls.setdefault(asin, url)
+    if base_url:
+        urls = {asin: mirror_image_url(url, base_url) for asin, url in urls.items()}
     present = _fiq_present(images)
     todo = sorted(a for a in urls if a not in present)
     failures: dict[str, str] = {}
@@ -262,7 +279,7 @@ def fetch_fashioniq_images(root: str | Path, url_lists: Mapping[str, str | Path]
              len(no_url))
     return {"fetched": state["fetched"], "already_present": len(urls) - len(todo),
             "failed": len(failures), "failures": dict(sorted(failures.items())),
-            "without_url": no_url}
+            "without_url": no_url, "mirror": base_url or None}
 
 
 def fashioniq_image_report(root: str | Path,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +35,9 @@ class SourceFile:
     verified: bool = False
     extract_to: str | None = None
     note: str | None = None
+    substitute: str | None = None
+    """Set when a substitutes file (:func:`apply_substitutes`) replaced the upstream pins:
+    why, and the upstream size and digest the mirror's file does not have."""
 
     @property
     def pinned(self) -> bool:
@@ -177,9 +180,114 @@ def load_sources(path: str | Path | None = None) -> dict[str, DatasetSources]:
     return parse_sources(data, origin)
 
 
-def dataset_sources(name: str, path: str | Path | None = None) -> DatasetSources:
+def dataset_sources(name: str, path: str | Path | None = None,
+                    substitutes: str | Path | None = None) -> DatasetSources:
+    """One dataset's catalogue entries; ``substitutes``: see :func:`apply_substitutes`."""
     catalogue = load_sources(path)
     try:
-        return catalogue[name]
+        sources = catalogue[name]
     except KeyError:
         raise ConfigError(f"no sources for {name!r}; known: {', '.join(catalogue)}") from None
+    if substitutes is not None:
+        listed = load_substitutes(substitutes)
+        unknown = sorted({d for d, _ in listed} - set(catalogue))
+        if unknown:
+            raise ConfigError(f"{substitutes}: files.{unknown[0]}: no such dataset in the "
+                              f"catalogue (known: {', '.join(catalogue)})")
+        sources = apply_substitutes(sources, listed, str(substitutes))
+    return sources
+
+
+# --- substitutes: a mirror whose files are not the upstream bytes -------------------------
+#
+# A mirror normally serves the upstream bytes, and the catalogue's pins apply unchanged.
+# Where a mirror serves other bytes on purpose (the offline rehearsal's synthetic
+# stand-ins), a substitutes file says so explicitly, file by file, with the reason and
+# the exact size and sha256 of the mirror's file:
+#
+#   version: 1
+#   reason: why these files differ from upstream (required)
+#   files:
+#     <dataset>:
+#       <path in the catalogue>: {size: <bytes>, sha256: <64 hex>, reason: <optional>}
+#
+# Only the listed files change; each is then checked against its substitute pins (a
+# sha256 always, so the check is never weaker than a digest check), and every manifest
+# row of it records ``substitute`` with the upstream values it replaced. A listed path
+# the catalogue does not have is an error, never ignored.
+
+_SUBSTITUTE_FIELDS = {"size", "sha256", "reason"}
+
+
+@dataclass(frozen=True)
+class Substitute:
+    size: int
+    sha256: str
+    reason: str
+
+
+def parse_substitutes(data: Any, origin: str) -> dict[tuple[str, str], Substitute]:
+    """Validate a loaded substitutes mapping; errors name the file and the entry."""
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise ConfigError(f"{origin}: expected a mapping with version: 1")
+    unknown = set(data) - {"version", "reason", "files"}
+    if unknown:
+        raise ConfigError(f"{origin}: unknown key(s) {', '.join(sorted(unknown))}")
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ConfigError(f"{origin}: 'reason' (why the mirror's files differ from upstream) "
+                          "is required")
+    files = data.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ConfigError(f"{origin}: 'files' must map datasets to their substituted files")
+    out: dict[tuple[str, str], Substitute] = {}
+    for dataset, entries in files.items():
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{origin}: files.{dataset}: expected a mapping of paths")
+        for path, raw in entries.items():
+            where = f"{origin}: files.{dataset}.{path}"
+            if not isinstance(raw, dict) or set(raw) - _SUBSTITUTE_FIELDS:
+                raise ConfigError(f"{where}: expected {{size, sha256, reason?}}")
+            size, sha256 = raw.get("size"), raw.get("sha256")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ConfigError(f"{where}: 'size' must be a non-negative integer")
+            if not (isinstance(sha256, str) and _SHA256.match(sha256)):
+                raise ConfigError(f"{where}: 'sha256' must be 64 lower-case hex digits (a "
+                                  "substitute is always pinned to the mirror's exact bytes)")
+            out[(dataset, path)] = Substitute(size, sha256, str(raw.get("reason") or reason))
+    return out
+
+
+def load_substitutes(path: str | Path) -> dict[tuple[str, str], Substitute]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: substitutes file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return parse_substitutes(data, str(path))
+
+
+def apply_substitutes(sources: DatasetSources,
+                      substitutes: dict[tuple[str, str], Substitute],
+                      origin: str = "substitutes") -> DatasetSources:
+    """``sources`` with the pins of the substituted files replaced (and recorded);
+    ``origin`` (the substitutes file) is named in errors."""
+    known = {f.path for f in sources.files}
+    unknown = sorted(p for d, p in substitutes if d == sources.name and p not in known)
+    if unknown:
+        raise ConfigError(f"{origin}: files.{sources.name}: no catalogue file(s) "
+                          f"{', '.join(unknown)}")
+    files = []
+    for entry in sources.files:
+        sub = substitutes.get((sources.name, entry.path))
+        if sub is not None:
+            upstream = (f"size {entry.size if entry.size is not None else 'unknown'}, "
+                        + (f"sha256 {entry.sha256}" if entry.sha256 else
+                           f"md5 {entry.md5}" if entry.md5 else "no digest"))
+            entry = replace(entry, size=sub.size, sha256=sub.sha256, md5=None, verified=True,
+                            substitute=f"{sub.reason} (upstream: {upstream})")
+        files.append(entry)
+    return replace(sources, files=tuple(files))

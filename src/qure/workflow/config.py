@@ -114,9 +114,12 @@ def _check_references(config: Mapping[str, Any]) -> None:
         raise ConfigError("config key study.strategy_dataset: "
                           f"{study['strategy_dataset']!r} is not in study.datasets")
     for name, spec in backbones.items():
-        if spec["family"] == "mini_blip2" and ("weights" in spec or "vocab" in spec):
-            raise ConfigError(f"config key backbones.{name}: weights/vocab apply only to "
-                              "family blip2_vitl")
+        if spec["family"] == "mini_blip2" and ("weights" in spec or "vocab" in spec
+                                               or "model_config" in spec):
+            raise ConfigError(f"config key backbones.{name}: weights/vocab/model_config apply "
+                              "only to family blip2_vitl")
+    blip2_model_config(config)
+    _check_data(config)
     pre = config["pretraining"]
     if pre["enabled"] and pre["corpus_seed"] == config["data"]["synthetic"]["seed"]:
         raise ConfigError("config key pretraining.corpus_seed: must differ from "
@@ -141,6 +144,44 @@ def _check_references(config: Mapping[str, Any]) -> None:
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"config keys training.{dataset} / methods.{method}: "
                                   f"{err}") from err
+
+
+def _check_data(config: Mapping[str, Any]) -> None:
+    data = config["data"]
+    real = data["real"]
+    if data["subset"] is not None and config["profile"] != "real":
+        raise ConfigError("config key data.subset: applies to profile real only (the "
+                          "synthetic benchmarks have their own sizes, data.synthetic.scale)")
+    if real["substitutes"] is not None and not real["base_url"]:
+        raise ConfigError("config key data.real.substitutes: describes a mirror's files; "
+                          "set data.real.base_url to the mirror")
+    if real["fashioniq_images"]["source"] == "mirror" and not real["base_url"]:
+        raise ConfigError("config key data.real.fashioniq_images.source: 'mirror' fetches "
+                          "the images from data.real.base_url, which is null")
+
+
+def blip2_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The Blip2VitLConfig overrides of the study's blip2_vitl backbones (one converted
+    weights file serves them all, so they must agree); ``{}`` = the paper model."""
+    from qure.models.blip2_vitl import Blip2VitLConfig
+
+    chosen: tuple[str, dict[str, Any]] | None = None
+    for name, spec in config["backbones"].items():
+        if spec["family"] != "blip2_vitl":
+            continue
+        overrides = dict(spec.get("model_config") or {})
+        try:
+            Blip2VitLConfig.from_dict(overrides)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key backbones.{name}.model_config: {err}") from err
+        if name not in config["study"]["backbones"]:
+            continue
+        if chosen is not None and chosen[1] != overrides:
+            raise ConfigError(f"config key backbones.{name}.model_config: differs from "
+                              f"backbones.{chosen[0]}.model_config; the blip2_vitl backbones "
+                              "of a study share one converted weights file")
+        chosen = chosen or (name, overrides)
+    return chosen[1] if chosen else {}
 
 
 # --- derived values -------------------------------------------------------------------------

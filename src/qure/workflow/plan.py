@@ -16,6 +16,7 @@ from typing import Any
 from qure.workflow.config import (
     ZERO_SHOT,
     Run,
+    blip2_model_config,
     dataset_root,
     evaluations,
     pretrains,
@@ -32,6 +33,13 @@ FIGURE_NAMES = ("fig4_negative_strategies", "fig5_hard_negative_set_size",
 TABLE_FORMATS = ("csv", "md", "tex")
 FIGURE_FORMATS = ("png", "pdf")
 RUN_FILES = ("metrics.json", "model.pt", "epochs.jsonl", "snapshots.pt")
+#: The test splits scored by a server (= qure.stages.data.TEST_SPLIT, which imports
+#: torch; the Snakefile's parse should not).
+TEST_SERVER_SPLITS = {"cirr": "test1", "circo": "test"}
+#: Real benchmarks whose images are all obtainable (NLVR2, COCO): verification stops the
+#: study if any is missing, with the instructions. FashionIQ's dead URLs are counted
+#: under data.missing_images instead (and with them HP-FashionIQ's comparisons).
+COMPLETE_DATASETS = ("cirr", "circo")
 
 #: Benchmarks each table's reproduced rows are evaluated on.
 TABLE_BENCHMARKS = {
@@ -60,7 +68,89 @@ class Plan:
     # --- data ---------------------------------------------------------------------------
 
     def root(self, dataset: str) -> str:
+        """The folder every stage reads ``dataset`` from: the subset root when
+        ``data.subset`` is set (profile real), else the full root."""
+        if self.subset() is not None:
+            return self.subset_root(dataset)
+        return self.full_root(dataset)
+
+    def full_root(self, dataset: str) -> str:
+        """Where the full benchmark is fetched (``data.roots``; synthetic: generated)."""
         return dataset_root(self.config, dataset)
+
+    def subset(self) -> dict[str, int] | None:
+        """``data.subset`` (``{queries, gallery}``) under profile real, else None."""
+        if self.config["profile"] != "real":
+            return None
+        return self.config["data"]["subset"]
+
+    def subset_root(self, dataset: str) -> str:
+        return str(self.resources / "subset" / dataset)
+
+    def subset_manifest(self, dataset: str) -> str:
+        return str(Path(self.subset_root(dataset)) / "subset_manifest.json")
+
+    def subset_inputs(self, dataset: str) -> list[str]:
+        """What the subset of ``dataset`` is cut from: its annotations; CIRCO also the COCO
+        index (from the image archive); FashionIQ also hpfiq.json, whose comparisons' images
+        stay in the val galleries."""
+        inputs = [self.annotations_manifest(dataset)]
+        if dataset == "circo":
+            inputs.append(self.images_report("circo"))
+        if dataset == "fashioniq":
+            inputs.append(self.annotations_manifest("hp_fashioniq"))
+        return inputs
+
+    def subset_args(self, dataset: str) -> str:
+        subset = self.subset()
+        if subset is None:
+            raise ValueError("data.subset is not set")
+        args = f"--queries {subset['queries']} --gallery {subset['gallery']}"
+        if dataset == "fashioniq":
+            args += f" --hp-root {shlex.quote(self.full_root('hp_fashioniq'))}"
+        return args
+
+    def annotations_manifest(self, dataset: str) -> str:
+        return str(self.results / "data" / f"{dataset}_annotations.json")
+
+    def images_report(self, dataset: str) -> str:
+        return str(self.results / "data" / f"{dataset}_images.json")
+
+    def images_root(self, dataset: str) -> str:
+        """Where fetch_images lays out ``dataset``'s images: the root stages read (a
+        subset root's image folders link to the full root, and only the subset's images
+        are fetched), except COCO unlabeled2017: one archive, extracted into the full root
+        before the CIRCO subset is cut from its index."""
+        return self.full_root(dataset) if dataset == "circo" else self.root(dataset)
+
+    def images_inputs(self, dataset: str) -> list[str]:
+        inputs = [self.annotations_manifest(dataset)]
+        if self.subset() is not None and dataset != "circo":
+            inputs.append(self.subset_manifest(dataset))
+        return inputs
+
+    def download_args(self) -> str:
+        """``--base-url``/``--substitutes`` of every download job (empty: upstream)."""
+        real = self.config["data"]["real"]
+        args = []
+        if real["base_url"]:
+            args.append(f"--base-url {shlex.quote(real['base_url'])}")
+        if real["substitutes"]:
+            args.append(f"--substitutes {shlex.quote(real['substitutes'])}")
+        return " ".join(args)
+
+    def verify_args(self, dataset: str) -> str:
+        """The options of verify_dataset (profile real): ``--strict`` where nothing may be
+        missing, substitutes and, for a subset root, the full root holding the
+        catalogue's annotation files."""
+        args = []
+        if dataset in COMPLETE_DATASETS:
+            args.append("--strict")
+        if self.config["data"]["real"]["substitutes"]:
+            args.append(f"--substitutes {shlex.quote(self.config['data']['real']['substitutes'])}")
+        if self.subset() is not None:
+            args.append(f"--annotations-root {shlex.quote(self.full_root(dataset))}")
+        return " ".join(args)
 
     def synthetic_manifest(self, dataset: str) -> str:
         return str(self.resources / "synthetic" / dataset / "synthetic_manifest.json")
@@ -87,6 +177,11 @@ class Plan:
 
     def encoder(self) -> str:
         return str(self.resources / "models" / "mini_encoder.pt")
+
+    def blip2_config_arg(self) -> str:
+        """``--config`` of the LAVIS conversion: the backbones' ``model_config`` as JSON."""
+        return "--config " + shlex.quote(json.dumps(blip2_model_config(self.config),
+                                                     sort_keys=True))
 
     def blip2_weights(self) -> str:
         """The BLIP-2 ViT-L backbone converted from LAVIS's checkpoints (paper profile)."""
@@ -130,6 +225,46 @@ class Plan:
     def evaluation_files(self) -> list[str]:
         return [self.evaluation(b, r.backbone, r.method) for b, r in evaluations(self.config)]
 
+    # --- test-server files (evaluation.test_servers) ------------------------------------
+
+    def submission_dir(self, benchmark: str, backbone: str, method: str) -> str:
+        return str(self.results / "submissions" / benchmark / backbone / method)
+
+    def submission_report(self, benchmark: str, backbone: str, method: str) -> str:
+        return str(Path(self.submission_dir(benchmark, backbone, method)) / "submission.json")
+
+    def submission_server_files(self, benchmark: str, backbone: str,
+                                method: str) -> dict[str, str]:
+        """The files to upload (qure.stages.submit.submission_files names them so)."""
+        folder = Path(self.submission_dir(benchmark, backbone, method))
+        name = f"{backbone}_{method}"
+        if benchmark == "cirr":
+            return {"recall": str(folder / f"recall_submission_{name}.json"),
+                    "recall_subset": str(folder / f"recall_subset_submission_{name}.json")}
+        if benchmark == "circo":
+            return {"submission": str(folder / f"circo_submission_{name}.json")}
+        raise ValueError(f"no test server for {benchmark!r}")
+
+    def submission_files(self) -> list[str]:
+        """Per run evaluated on CIRR or CIRCO (the CIRR-trained models of Tables 3 and 5):
+        its test-server files and their report."""
+        if not self.config["evaluation"]["test_servers"]:
+            return []
+        files = []
+        for benchmark, run in evaluations(self.config):
+            if benchmark in TEST_SERVER_SPLITS:
+                files.append(self.submission_report(benchmark, run.backbone, run.method))
+                files += self.submission_server_files(benchmark, run.backbone,
+                                                      run.method).values()
+        return files
+
+    def includes_test(self, dataset: str) -> bool:
+        """Whether ``dataset``'s feature cache holds its test split (for the servers)."""
+        return bool(self.config["evaluation"]["test_servers"]) and dataset in TEST_SERVER_SPLITS
+
+    def feature_split_args(self, dataset: str) -> str:
+        return "--include-test" if self.includes_test(dataset) else ""
+
     def audit(self, dataset: str) -> str:
         return str(self.results / "analysis" / f"hard_set_audit_{dataset}.json")
 
@@ -160,6 +295,8 @@ class Plan:
                 continue
             rows.append({"method": methods[method]["label"],
                          "backbone": backbones[backbone]["label"],
+                         "paper_method": methods[method].get("paper_method"),
+                         "paper_backbone": backbones[backbone]["paper_backbone"],
                          "evaluations": {b: self.evaluation(b, backbone, method)
                                          for b in TABLE_BENCHMARKS[table]}})
         return rows
@@ -192,8 +329,10 @@ class Plan:
 
     def verify_inputs(self, dataset: str) -> list[str]:
         images = "fashioniq" if dataset == "hp_fashioniq" else dataset
-        return [str(self.results / "data" / f"{dataset}_annotations.json"),
-                str(self.results / "data" / f"{images}_images.json")]
+        inputs = [self.annotations_manifest(dataset), self.images_report(images)]
+        if self.subset() is not None:
+            inputs.append(self.subset_manifest(dataset))
+        return inputs
 
     def encoder_inputs(self) -> list[str]:
         if self.config["pretraining"]["enabled"]:
@@ -212,10 +351,17 @@ class Plan:
                 inputs["init"] = self.pretrained(backbone)
         return inputs
 
+    def frozen_source(self, backbone: str) -> str:
+        """The file a run's ``model.pt`` takes its frozen weights from (it does not hold
+        them; qure.models.save_backbone): the init weights, else the mini encoder."""
+        inputs = self.train_inputs("fashioniq", backbone)
+        return inputs.get("init") or inputs["encoder"]
+
     def evaluate_inputs(self, benchmark: str, backbone: str, method: str) -> dict[str, str]:
         family = self.family(backbone)
         return {"model": self.run_file(train_dataset_of(benchmark), backbone, method,
                                        "model.pt"),
+                "frozen": self.frozen_source(backbone),
                 "npy": self.features(family, benchmark),
                 "index": self.features_index(family, benchmark)}
 
@@ -224,6 +370,7 @@ class Plan:
         family = self.family(study["main_backbone"])
         return {"model": self.run_file(dataset, study["main_backbone"], study["audit_basis"],
                                        "model.pt"),
+                "frozen": self.frozen_source(study["main_backbone"]),
                 "npy": self.features(family, dataset),
                 "index": self.features_index(family, dataset)}
 
@@ -262,6 +409,6 @@ class Plan:
     def all_targets(self) -> list[str]:
         study = self.config["study"]
         files = [self.dataset_stats(d) for d in ("fashioniq", "cirr", "circo", "hp_fashioniq")]
-        files += self.evaluation_files()
+        files += self.evaluation_files() + self.submission_files()
         files += [self.audit(study["strategy_dataset"]), self.examples(study["strategy_dataset"])]
         return list(dict.fromkeys(files + self.table_files() + self.figure_files()))
