@@ -27,6 +27,18 @@ SHARED_FIXTURE_FILES = {"test_workflow_run.py": "smoke-study",
                         "test_dvc_remote.py": "smoke-study"}
 
 
+#: The slowest files (minutes each: the smoke study, the paper rehearsal, the SLURM
+#: cluster, the LAVIS parity env) are handed out first, so that the two workers share the
+#: quick files at the end instead of one worker starting a long file last.
+SLOW_FIRST = ("test_dvc_remote.py", "test_workflow_run.py", "test_rehearsal.py",
+              "test_slurm_cluster.py", "test_lavis_parity.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile``, except that the files of :data:`SHARED_FIXTURE_FILES` form one
     work unit (the smoke study's ``dvc repro`` is built once, not on every worker)."""

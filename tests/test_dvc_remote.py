@@ -110,10 +110,14 @@ def test_repro_runs_every_stage_and_leaves_dvc_status_clean(origin):
     assert rules <= {r for group in STAGE_RULES.values() for r in group}
 
 
-def test_stage_rules_exist_in_the_workflow():
-    """Every rule named in a stage's --allowed-rules is a rule of some profile."""
+def test_stage_rules_exist_in_the_workflow(tmp_path):
+    """Every rule named in a stage's --allowed-rules is a rule of some profile (the
+    subset rule exists where data.subset is set)."""
+    subset = tmp_path / "subset.yaml"
+    subset.write_text("data: {subset: {queries: 2, gallery: 2}}\n")
     names: set[str] = set()
-    for extra in ([], ["--configfile", "config/paper.yaml"]):
+    for extra in ([], ["--configfile", "config/paper.yaml"],
+                  ["--configfile", "config/paper.yaml", str(subset)]):
         result = _run(REPO, sys.executable, "-m", "snakemake", "--list-rules", *extra)
         names |= set(_ok(result).split())
     missing = {r for group in STAGE_RULES.values() for r in group} - names

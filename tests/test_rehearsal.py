@@ -4,12 +4,15 @@ of the real annotations; and a broken piece of the real path makes it fail."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import time
 
 import pytest
+import torch
+import yaml
 
 from qure.rehearsal.run import rehearse
 from qure.rehearsal.upstream import Upstream
@@ -52,14 +55,40 @@ def _lose_a_cirr_dev_image(upstream: Upstream) -> None:
     sorted((upstream.nlvr2 / "dev").iterdir())[0].unlink()
 
 
-@pytest.mark.parametrize("break_it", [_lose_a_cirr_dev_image])
-def test_rehearsal_fails_when_the_real_data_is_broken(tmp_path, shared_data, break_it):
-    # CIRR may miss nothing: one absent image stops verification, with the instructions.
+KEY = "Qformer.bert.encoder.layer.0.attention.self.query.weight"
+
+
+def _drop_a_blip2_key(upstream: Upstream) -> None:
+    """The LAVIS checkpoint without one key, re-pinned in the substitutes file (so the
+    download accepts it and the conversion is what must refuse it)."""
+    path = upstream.mirror / "weights" / "blip2_pretrained_vitL.pth"
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    del payload["model"][KEY]
+    torch.save(payload, path)
+    data = yaml.safe_load(upstream.substitutes.read_text())
+    data["files"]["weights"]["blip2_pretrained_vitL.pth"].update(
+        size=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    upstream.substitutes.write_text(yaml.safe_dump(data))
+
+
+#: (how the upstream is broken, the job that must fail, what its log must say)
+BREAKS = {
+    # CIRR may miss nothing: the image import refuses the folder, naming image and fix.
+    "cirr_image_missing": (_lose_a_cirr_dev_image, ("fetch_images", "dataset=cirr"),
+                           ("dev", "missing")),
+    # Strict conversion: a key of the real checkpoint layout absent is an error.
+    "blip2_key_missing": (_drop_a_blip2_key, ("convert_blip2_weights", ""), (KEY,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BREAKS))
+def test_rehearsal_fails_when_the_real_path_is_broken(tmp_path, shared_data, name):
+    break_it, job, words = BREAKS[name]
     result = rehearse(tmp_path / "broken", shared=shared_data, repo=REPO_ROOT, stage="data",
                       prepare=break_it, echo=lambda _: None)
     assert not result.ok
     assert result.returncode != 0
-    # The CIRR image import refuses the incomplete folder, naming the image and the fix.
     (failure,) = result.failed_rules
-    assert (failure["rule"], failure["wildcards"]) == ("fetch_images", "dataset=cirr")
-    assert "dev" in failure["log_tail"] and "missing" in failure["log_tail"], failure
+    assert (failure["rule"], failure["wildcards"]) == job, failure
+    for word in words:
+        assert word in failure["log_tail"], failure
