@@ -1,6 +1,6 @@
 """Benchmark the hard-negative miner at FashionIQ-train and CIRR-train scale.
 
-Usage: ``python benchmarks/mining.py [--quick]``
+Usage (from the repository root): ``python -m benchmarks.mining [--quick]``
 
 Inputs are synthetic but exactly reproducible: query embeddings and 32-token image
 features are seeded draws on the grid k/128 (|k| <= 128), so every product is a
@@ -12,8 +12,8 @@ Timed, per dataset:
 
 * scoring: :func:`qure.mining.iter_max_token_scores` (max over tokens, chunked);
 * (a) our vectorised miner (``strategy="qure"``) on every query;
-* (b) the plain per-query NumPy reference (:func:`qure.mining.reference_hard_negative_sets`)
-  on a subsample, checked equal to (a) on that subsample;
+* (b) the plain per-query NumPy reference (``reference_hard_negative_sets`` of
+  ``tests/mining_reference.py``) on a subsample, checked equal to (a) on that subsample;
 * (c) a released-style per-query loop (our re-implementation from the description of the
   released ``rerank_score``: per query a torch sort, a list of names, ``list.index`` for
   the target, ``tolist()``, NumPy diff/argsort, a ``set`` of names) on a subsample.
@@ -44,8 +44,11 @@ from qure.mining import (
     iter_max_token_scores,
     max_token_scores,
     mine_chunks,
-    reference_hard_negative_sets,
 )
+
+# The per-query oracle lives with the tests: run from the repository root as a module,
+# ``python -m benchmarks.mining`` (``tests`` is a package there).
+from tests.mining_reference import reference_hard_negative_sets
 
 FIQ_GALLERIES = {"dress": 5985, "shirt": 5988, "toptee": 6027}
 # The released rerank_score itself, run unchanged on a machine like this one (two runs

@@ -13,18 +13,18 @@ from qure.mining import (
     STRATEGIES,
     HardNegativeSets,
     MiningError,
-    _MiningConfig,
-    _two_drops_histogram,
-    _Workspace,
     hard_negative_sets,
     iter_max_token_scores,
+    max_sim_scores,
     max_token_scores,
     mine_chunks,
     mine_from_embeddings,
     mine_grouped,
-    reference_hard_negative_sets,
-    two_drops_reference,
 )
+from qure.mining.base import _Workspace
+from qure.mining.config import _MiningConfig
+from qure.mining.two_drops import _two_drops_histogram
+from tests.mining_reference import reference_hard_negative_sets, two_drops_reference
 
 INF = float("inf")
 
@@ -454,6 +454,56 @@ def test_max_token_scores_equals_naive_einsum():
     qr, ir = torch.randn(9, 8, generator=g), torch.randn(6, 4, 8, generator=g)
     torch.testing.assert_close(max_token_scores(qr, ir, 2, gallery_chunk_size=5),
                                torch.einsum("ik,jlk->ijl", qr, ir).amax(-1))
+
+
+def test_models_and_miner_share_one_max_token_scorer():
+    from qure.models import max_sim_scores as models_scorer
+    from qure.models.interface import max_sim_scores as interface_scorer
+
+    assert models_scorer is interface_scorer is max_sim_scores
+    g = torch.Generator().manual_seed(5)
+    for dtype in (torch.float32, torch.float64):
+        # Random (not dyadic) values with ties: repeated images, a repeated token, and a
+        # coarse grid. Equal block shapes of contiguous tokens mean equal matmuls, so the
+        # models' path and the miner's path must agree bit for bit.
+        q = (torch.randn(33, 24, generator=g, dtype=dtype) * 2).round() / 2
+        img = torch.randn(41, 6, 24, generator=g, dtype=dtype)
+        img[20:40] = img[:20].clone()
+        img[:, 5] = img[:, 1]
+        naive = torch.einsum("ik,jlk->ijl", q, img).amax(-1)
+        for gchunk in (1, 7, 41, 100):
+            models_path = max_sim_scores(q, img, chunk_size=gchunk)
+            miner_path = max_token_scores(q, img, 33, gallery_chunk_size=gchunk)
+            assert torch.equal(models_path, miner_path)
+            torch.testing.assert_close(models_path, naive)
+        assert torch.equal(max_sim_scores(q, img), max_sim_scores(q, img, 41))
+        # Strided tokens (same values): close, though a 1-image block may reach the
+        # matmul with other strides and so round differently.
+        img_t = img.transpose(1, 2).contiguous().transpose(1, 2)
+        for gchunk in (1, 7, 100):
+            torch.testing.assert_close(max_sim_scores(q, img_t, chunk_size=gchunk), naive)
+            torch.testing.assert_close(
+                max_token_scores(q, img_t, 5, gallery_chunk_size=gchunk), naive)
+    # Exact ties (dyadic values, repeated images): both paths equal the naive max exactly.
+    q, img = dyadic((33, 16), g), dyadic((41, 5, 16), g)
+    img[20:40] = img[:20].clone()
+    naive = torch.einsum("ik,jlk->ijl", q, img).amax(-1)
+    for gchunk in (1, 9, 100):
+        assert torch.equal(max_sim_scores(q, img, chunk_size=gchunk), naive)
+        assert torch.equal(max_token_scores(q, img, 4, gallery_chunk_size=gchunk), naive)
+    assert torch.equal(naive[:, 20:40], naive[:, :20])
+    # The models' path stays differentiable; writing into ``out`` matches it.
+    q = torch.randn(5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(9, 3, 8, generator=g, dtype=torch.float64)
+    grad = torch.autograd.grad(max_sim_scores(q, x, 2).sum(), q)[0]
+    naive = torch.autograd.grad(torch.einsum("ik,jlk->ijl", q, x).amax(-1).sum(), q)[0]
+    torch.testing.assert_close(grad, naive)
+    out = torch.empty(5, 9, dtype=torch.float64)
+    with torch.no_grad():
+        assert max_sim_scores(q, x, 2, out=out) is out
+        assert torch.equal(out, max_sim_scores(q, x, 2))
+    with pytest.raises(ValueError, match="expected queries"):
+        max_sim_scores(torch.randn(3, 4), torch.randn(2, 3, 5))
 
 
 def test_mining_from_embeddings_streams_the_same_sets():

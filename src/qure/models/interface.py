@@ -41,13 +41,13 @@ import torch
 from torch import nn
 
 from qure.io import atomic_torch_save
+from qure.mining.scoring import max_sim_scores  # the one max-over-tokens scorer
+
+# ``max_sim_scores`` lives in :mod:`qure.mining.scoring`, shared with the miner;
+# ``qure.models.max_sim_scores`` and ``qure.models.interface.max_sim_scores`` still work.
 
 #: How many ``frozen`` payloads :func:`load_backbone` follows to reach the frozen weights.
 MAX_FROZEN_CHAIN = 8
-
-# Upper bound on the elements of one [Q, chunk, T] block in :func:`max_sim_scores`
-# (2**24 float32 = 64 MiB), so a full train-set gallery never needs 60 GB at once.
-SCORE_BLOCK_ELEMENTS = 1 << 24
 
 _REGISTRY: dict[str, type[CIRBackbone]] = {}
 
@@ -68,30 +68,6 @@ def build_backbone(config: Mapping[str, Any]) -> CIRBackbone:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise ValueError(f"unknown backbone {name!r}; registered: {known}")
     return _REGISTRY[name].from_config(config)
-
-
-def max_sim_scores(queries: torch.Tensor, images: torch.Tensor,
-                   chunk_size: int | None = None) -> torch.Tensor:
-    """``scores[q, n] = max_t <queries[q], images[n, t]>``; shape [Q, N].
-
-    The gallery is processed in chunks of ``chunk_size`` images (default: as many as keep
-    a [Q, chunk, T] block under :data:`SCORE_BLOCK_ELEMENTS`), so the full Q x N x T
-    tensor is never materialised. Differentiable; chunking does not change the result.
-    """
-    if queries.dim() != 2 or images.dim() != 3 or queries.shape[-1] != images.shape[-1]:
-        raise ValueError(f"expected queries [Q,D] and images [N,T,D], got "
-                         f"{tuple(queries.shape)} and {tuple(images.shape)}")
-    n, t, d = images.shape
-    if chunk_size is None:
-        chunk_size = max(1, SCORE_BLOCK_ELEMENTS // max(queries.shape[0] * t, 1))
-    if chunk_size >= n:
-        return (queries @ images.reshape(n * t, d).t()).view(-1, n, t).amax(-1)
-    blocks = []
-    for start in range(0, n, chunk_size):
-        chunk = images[start:start + chunk_size]
-        m = chunk.shape[0]
-        blocks.append((queries @ chunk.reshape(m * t, d).t()).view(-1, m, t).amax(-1))
-    return torch.cat(blocks, dim=1)
 
 
 def state_fingerprint(state: Mapping[str, torch.Tensor], extra: Mapping[str, Any] | None = None
