@@ -9,6 +9,7 @@ MAIN = STUDY["main_backbone"]
 rule audit_hard_sets:
     input:
         unpack(lambda w: PLAN.analysis_inputs(w.dataset)),
+        code=PLAN.code("workflow_scripts/analyze_hard_sets.py"),
     output:
         PLAN.audit("{dataset}"),
     params:
@@ -36,6 +37,7 @@ rule audit_hard_sets:
 rule hard_negative_examples:
     input:
         unpack(lambda w: PLAN.analysis_inputs(w.dataset)),
+        code=PLAN.code("workflow_scripts/analyze_hard_sets.py"),
     output:
         PLAN.examples("{dataset}"),
     params:

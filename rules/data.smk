@@ -5,6 +5,8 @@
 if config["profile"] == "synthetic":
 
     rule synthesize:
+        input:
+            code=PLAN.code("workflow_scripts/synthesize.py"),
         output:
             [PLAN.synthetic_manifest(d) for d in ("fashioniq", "cirr", "circo", "hp_fashioniq")],
         params:
@@ -25,6 +27,7 @@ if config["profile"] == "synthetic":
 rule dataset_stats:
     input:
         lambda w: PLAN.dataset_ready(w.dataset),
+        code=PLAN.code("workflow_scripts/dataset_stats.py"),
     output:
         PLAN.dataset_stats("{dataset}"),
     params:
@@ -93,6 +96,7 @@ if PLAN.subset() is not None:
     rule subset_dataset:
         input:
             lambda w: PLAN.subset_inputs(w.dataset),
+            code=PLAN.code("workflow_scripts/make_subset.py"),
         output:
             PLAN.subset_manifest("{dataset}"),
         params:
@@ -137,6 +141,7 @@ rule fetch_images:
 rule verify_dataset:
     input:
         lambda w: PLAN.verify_inputs(w.dataset),
+        code=PLAN.code("workflow_scripts/verify_dataset.py"),
     output:
         PLAN.verified("{dataset}"),
     params:

@@ -10,6 +10,8 @@ PRETRAIN_SETS = ("fashioniq", "cirr")
 if PRETRAIN["enabled"]:
 
     rule synthesize_pretraining_corpus:
+        input:
+            code=PLAN.code("workflow_scripts/synthesize.py"),
         output:
             [PLAN.pretraining_manifest(d) for d in PRETRAIN_SETS],
         params:
@@ -30,6 +32,7 @@ if PRETRAIN["enabled"]:
 rule pretrain_encoder:
     input:
         PLAN.encoder_inputs(),
+        code=PLAN.code("workflow_scripts/pretrain_encoder.py"),
     output:
         PLAN.encoder(),
     params:
@@ -56,6 +59,7 @@ rule extract_pretraining_features:
     input:
         encoder=PLAN.encoder(),
         manifest=PLAN.pretraining_manifest("{dataset}"),
+        code=PLAN.code("workflow_scripts/extract_features.py"),
     output:
         npy=PLAN.features("mini_blip2", "pretrain_{dataset}"),
         index=PLAN.features_index("mini_blip2", "pretrain_{dataset}"),
@@ -82,6 +86,7 @@ rule pretrain_qformer:
     input:
         encoder=PLAN.encoder(),
         features=[PLAN.features("mini_blip2", f"pretrain_{d}") for d in PRETRAIN_SETS],
+        code=PLAN.code("workflow_scripts/pretrain_qformer.py"),
     output:
         PLAN.pretrained("{backbone}"),
     params:

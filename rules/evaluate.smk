@@ -4,6 +4,7 @@
 rule evaluate:
     input:
         unpack(lambda w: PLAN.evaluate_inputs(w.benchmark, w.backbone, w.method)),
+        code=PLAN.code("workflow_scripts/evaluate.py"),
     output:
         PLAN.evaluation("{benchmark}", "{backbone}", "{method}"),
     params:
@@ -39,6 +40,7 @@ rule evaluate:
 rule write_cirr_submission:
     input:
         unpack(lambda w: PLAN.evaluate_inputs("cirr", w.backbone, w.method)),
+        code=PLAN.code("workflow_scripts/write_submission.py"),
     output:
         report=PLAN.submission_report("cirr", "{backbone}", "{method}"),
         **PLAN.submission_server_files("cirr", "{backbone}", "{method}"),
@@ -67,6 +69,7 @@ rule write_cirr_submission:
 rule write_circo_submission:
     input:
         unpack(lambda w: PLAN.evaluate_inputs("circo", w.backbone, w.method)),
+        code=PLAN.code("workflow_scripts/write_submission.py"),
     output:
         report=PLAN.submission_report("circo", "{backbone}", "{method}"),
         **PLAN.submission_server_files("circo", "{backbone}", "{method}"),

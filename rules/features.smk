@@ -6,6 +6,7 @@ rule extract_features:
     input:
         encoder=PLAN.encoder(),
         stats=PLAN.dataset_stats("{dataset}"),
+        code=PLAN.code("workflow_scripts/extract_features.py"),
     output:
         npy=PLAN.features("mini_blip2", "{dataset}"),
         index=PLAN.features_index("mini_blip2", "{dataset}"),
@@ -47,6 +48,7 @@ rule convert_blip2_weights:
         blip2=f"{WEIGHTS}/blip2_pretrained_vitL.pth",
         vit=f"{WEIGHTS}/clip_vit_L.pth",
         vocab=f"{WEIGHTS}/bert-base-uncased-vocab.txt",
+        code=PLAN.code("workflow_scripts/convert_blip2_weights.py"),
     output:
         model=PLAN.blip2_weights(),
         report=str(PLAN.results / "data" / "blip2_conversion.json"),
@@ -67,6 +69,7 @@ rule extract_features_blip2:
     input:
         backbone=PLAN.blip2_weights(),
         stats=PLAN.dataset_stats("{dataset}"),
+        code=PLAN.code("workflow_scripts/extract_features.py"),
     output:
         npy=PLAN.features("blip2_vitl", "{dataset}"),
         index=PLAN.features_index("blip2_vitl", "{dataset}"),

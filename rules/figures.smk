@@ -5,6 +5,7 @@
 rule fig4_negative_strategies:
     input:
         [path for _, path in PLAN.figure_histories("fig4_negative_strategies")],
+        code=PLAN.code("workflow_scripts/make_figure.py"),
     output:
         png=report(
             PLAN.figure_file("fig4_negative_strategies", "png"),
@@ -30,6 +31,7 @@ rule fig4_negative_strategies:
 rule fig5_hard_negative_set_size:
     input:
         [path for _, path in PLAN.figure_histories("fig5_hard_negative_set_size")],
+        code=PLAN.code("workflow_scripts/make_figure.py"),
     output:
         png=report(
             PLAN.figure_file("fig5_hard_negative_set_size", "png"),
@@ -52,7 +54,8 @@ rule fig5_hard_negative_set_size:
 
 rule fig6_hard_negative_examples:
     input:
-        PLAN.examples(config["study"]["strategy_dataset"]),
+        examples=PLAN.examples(config["study"]["strategy_dataset"]),
+        code=PLAN.code("workflow_scripts/make_figure.py"),
     output:
         png=report(
             PLAN.figure_file("fig6_hard_negative_examples", "png"),
@@ -67,13 +70,14 @@ rule fig6_hard_negative_examples:
     conda:
         "../envs/qure.yaml"
     shell:
-        "python workflow_scripts/make_figure.py fig6 --examples {input} -o {params.prefix} "
+        "python workflow_scripts/make_figure.py fig6 --examples {input.examples} -o {params.prefix} "
         "> {log} 2>&1"
 
 
 rule fig7_score_steepness:
     input:
-        PLAN.snapshots(),
+        snapshots=PLAN.snapshots(),
+        code=PLAN.code("workflow_scripts/make_figure.py"),
     output:
         png=report(
             PLAN.figure_file("fig7_score_steepness", "png"),
@@ -89,13 +93,14 @@ rule fig7_score_steepness:
     conda:
         "../envs/qure.yaml"
     shell:
-        "python workflow_scripts/make_figure.py fig7 --snapshots {input} "
+        "python workflow_scripts/make_figure.py fig7 --snapshots {input.snapshots} "
         "--profile {params.profile} -o {params.prefix} > {log} 2>&1"
 
 
 rule fig8_score_steepness_aggregate:
     input:
-        PLAN.snapshots(),
+        snapshots=PLAN.snapshots(),
+        code=PLAN.code("workflow_scripts/make_figure.py"),
     output:
         png=report(
             PLAN.figure_file("fig8_score_steepness_aggregate", "png"),
@@ -111,7 +116,7 @@ rule fig8_score_steepness_aggregate:
     conda:
         "../envs/qure.yaml"
     shell:
-        "python workflow_scripts/make_figure.py fig8 --snapshots {input} "
+        "python workflow_scripts/make_figure.py fig8 --snapshots {input.snapshots} "
         "--profile {params.profile} -o {params.prefix} > {log} 2>&1"
 
 
@@ -119,6 +124,7 @@ rule fig9_false_negatives_in_hard_sets:
     input:
         audit=PLAN.audit(config["study"]["strategy_dataset"]),
         histories=[path for _, path in PLAN.figure_histories("fig9_false_negatives_in_hard_sets")],
+        code=PLAN.code("workflow_scripts/make_figure.py"),
     output:
         png=report(
             PLAN.figure_file("fig9_false_negatives_in_hard_sets", "png"),

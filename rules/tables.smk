@@ -5,6 +5,7 @@
 rule table:
     input:
         lambda w: PLAN.table_inputs(w.table),
+        code=PLAN.code("workflow_scripts/make_table.py"),
     output:
         csv=report(
             PLAN.table_file("{table}", "csv"),

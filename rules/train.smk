@@ -6,6 +6,7 @@
 rule train:
     input:
         unpack(lambda w: PLAN.train_inputs(w.dataset, w.backbone)),
+        code=PLAN.code("workflow_scripts/train.py"),
     output:
         metrics=PLAN.run_file("{dataset}", "{backbone}", "{method}", "metrics.json"),
         model=PLAN.run_file("{dataset}", "{backbone}", "{method}", "model.pt"),

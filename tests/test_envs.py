@@ -12,7 +12,6 @@ all those distributions as far as this interpreter has them installed.
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib.metadata
 import re
@@ -26,11 +25,11 @@ import yaml
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 
+from qure.workflow.provenance import SCRIPT_RE, reached_files, rule_blocks
+
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"
 SCRIPTS = ROOT / "workflow_scripts"
-SRC = ROOT / "src"
-PROJECT_PACKAGE = "qure"
 
 # Top-level modules whose distribution packages_distributions() cannot tell when the
 # distribution is not installed here.
@@ -47,11 +46,8 @@ MODULE_DISTRIBUTIONS = {
 # conda-forge names that differ from the PyPI distribution.
 CONDA_ALIASES = {"pytorch": "torch", "pytorch-cpu": "torch", "pytorch-gpu": "torch"}
 
-RULE_RE = re.compile(r"^(?P<indent>[ \t]*)rule(?:[ \t]+(?P<name>\w+))?[ \t]*:")
-NAME_RE = re.compile(r"^[ \t]+name:[ \t]*(?P<value>.+?)\s*$")
 CONDA_RE = re.compile(r"^[ \t]+conda:[ \t]*(?P<inline>\S.*)?$")
 QUOTED_RE = re.compile(r"""^\s*(?:f?r?)(["'])(?P<path>[^"']+)\1\s*,?\s*$""")
-SCRIPT_RE = re.compile(r"\bpython3?[ \t]+workflow_scripts/(?P<script>\w+)\.py\b")
 
 
 def normalize(name: str) -> str:
@@ -73,27 +69,9 @@ class Rule:
         return f"{self.smk.name}:{self.name}"
 
 
-def _rule_blocks(text: str):
-    """(name, lines) of each rule; a rule ends at the next line indented no deeper."""
-    lines = text.splitlines()
-    starts = [(i, m) for i, line in enumerate(lines) if (m := RULE_RE.match(line))]
-    for i, m in starts:
-        indent = len(m["indent"].expandtabs())
-        body = []
-        for line in lines[i + 1 :]:
-            if line.strip() and len(line) - len(line.lstrip()) <= indent:
-                break
-            body.append(line)
-        name = m["name"]
-        if name is None:  # `rule:` with a `name:` directive (rules made in a loop)
-            found = [n["value"] for line in body if (n := NAME_RE.match(line))]
-            name = found[0] if found else f"<anonymous rule at line {i + 1}>"
-        yield name, body
-
-
 def parse_rules(smk: Path) -> list[Rule]:
     rules = []
-    for name, body in _rule_blocks(smk.read_text(encoding="utf-8")):
+    for name, body in rule_blocks(smk.read_text(encoding="utf-8")):
         env = None
         for k, line in enumerate(body):
             if m := CONDA_RE.match(line):
@@ -115,83 +93,13 @@ def workflow_rules() -> list[Rule]:
 # --- imports ----------------------------------------------------------------------------
 
 
-def _module_file(module: str) -> Path | None:
-    """The source file of a project module (``qure.a.b``) or a sibling workflow script."""
-    parts = module.split(".")
-    if parts[0] == PROJECT_PACKAGE:
-        base = SRC.joinpath(*parts)
-        for candidate in (base / "__init__.py", base.with_suffix(".py")):
-            if candidate.is_file():
-                return candidate
-        return None
-    script = SCRIPTS / f"{module}.py"
-    return script if len(parts) == 1 and script.is_file() else None
-
-
-def _module_name(path: Path) -> str:
-    if not path.is_relative_to(SRC):  # a workflow script
-        return path.stem
-    parts = list(path.relative_to(SRC).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _imports(path: Path) -> set[str]:
-    """Absolute module names imported anywhere in ``path`` (functions included; the body
-    of ``if TYPE_CHECKING:`` is skipped, it never runs)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, *([node.module] if node.module else [])])
-            else:
-                base = node.module or ""
-            found.add(base)
-            # `from pkg import sub` imports the submodule when there is one.
-            found.update(f"{base}.{a.name}" for a in node.names if _module_file(f"{base}.{a.name}"))
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
-
-
 def third_party_modules(script: Path) -> dict[str, str]:
     """Top-level third-party module -> the project file that imports it, for ``script``
-    and every project module reached from it (with each parent package's __init__)."""
-    todo, seen = [script], set()
-    external: dict[str, str] = {}
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for module in sorted(_imports(path)):
-            top = module.split(".")[0]
-            parts = module.split(".")
-            if top == PROJECT_PACKAGE or _module_file(module):
-                for i in range(1, len(parts) + 1):
-                    if (f := _module_file(".".join(parts[:i]))) is not None:
-                        todo.append(f)
-            elif top and top not in sys.stdlib_module_names:
-                external.setdefault(top, str(path.relative_to(ROOT)))
-    return external
+    and every project module reached from it (qure.workflow.provenance: the same graph
+    that makes a rule's code its input)."""
+    _, external = reached_files(ROOT, script)
+    return {module: where for module, where in external.items()
+            if module not in sys.stdlib_module_names}
 
 
 @functools.cache
@@ -314,7 +222,7 @@ def test_rules_parsed_cover_every_workflow_script_call():
         for rule in rules:
             assert not rule.name.startswith("<"), f"{smk.name}: {rule.name} has no name"
         # Every rule that runs a shell command runs a workflow script.
-        for name, body in _rule_blocks(text):
+        for name, body in rule_blocks(text):
             if any(re.match(r"^[ \t]+shell:", line) for line in body):
                 assert SCRIPT_RE.search("\n".join(body)), f"{smk.name}:{name}: no workflow script"
 

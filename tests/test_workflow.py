@@ -271,12 +271,14 @@ def test_paper_profile_dry_run_schedules_real_data_and_gpu_jobs():
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     for rule in ("fetch_annotations", "fetch_images", "verify_dataset", "fetch_weights",
-                 "convert_blip2_weights", "extract_features_blip2", "train", "evaluate"):
+                 "convert_blip2_weights", "extract_features_blip2", "train", "evaluate",
+                 "write_cirr_submission", "write_circo_submission"):
         assert f"rule {rule}:" in out or f"\n{rule} " in out, rule
     assert "synthesize" not in out and "pretrain_qformer" not in out
     # Every GPU job asks for the GPU resource.
     blocks = out.split("\nrule ")
     for block in blocks:
         name = block.split(":", 1)[0]
-        if name in ("train", "extract_features_blip2", "evaluate"):
+        if name in ("train", "extract_features_blip2", "evaluate", "write_cirr_submission",
+                    "write_circo_submission"):
             assert "gpu=1" in block, f"{name} does not request gpu=1"

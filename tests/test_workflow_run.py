@@ -6,7 +6,10 @@ builds."""
 from __future__ import annotations
 
 import csv
+import inspect
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -108,3 +111,63 @@ def test_html_report_builds(smoke_run):
     assert result.returncode == 0, result.stderr[-2000:]
     html = (work / "report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "fig4_negative_strategies" in html
+
+
+def _scheduled(work: Path) -> set[str]:
+    """Rules of the jobs ``snakemake -n all`` would run (its job-stats table)."""
+    result = _snakemake(work, "-n", "--cores", "1", *SMOKE, "--", "all")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    if "Nothing to be done" in out:
+        return set()
+    table = out.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.MULTILINE)} - {"all"}
+
+
+def _stale_stages(work: Path) -> set[str]:
+    result = subprocess.run([sys.executable, "-m", "dvc", "status", "dvc.yaml"], cwd=work,
+                            env=smoke_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return set(re.findall(r"^(\w+):\s*$", result.stdout, re.MULTILINE))
+
+
+@pytest.mark.slow
+def test_a_code_edit_reruns_exactly_what_it_can_change(smoke_run, tmp_path):
+    """Each rule's CLI and the modules it imports are its inputs (and its DVC stage's
+    deps): an edit reruns the jobs whose results it can change, and nothing else."""
+    import qure.mining
+    import qure.models.preprocess
+
+    work, _, _ = smoke_run
+    miner = Path(inspect.getsourcefile(qure.mining.hard_negative_sets)).relative_to(REPO)
+    transform = Path(qure.models.preprocess.__file__).relative_to(REPO)
+    cases = {
+        # A table formatter: only the tables.
+        "src/qure/reporting/tables.py": ({"table"}, {"tables"}),
+        # Documentation: nothing.
+        "README.md": (set(), set()),
+        # A test: nothing.
+        "tests/test_metrics.py": (set(), set()),
+    }
+    for rel, (rules, stages) in cases.items():
+        copy = tmp_path / rel.replace("/", "_")
+        shutil.copytree(work, copy, symlinks=True)  # copy2: modification times kept
+        with (copy / rel).open("a", encoding="utf-8") as handle:
+            handle.write("\n# edited by the code-provenance test\n")
+        assert _scheduled(copy) == rules, rel
+        assert _stale_stages(copy) == stages, rel
+    # Wider edits: what they can change reruns, what they cannot does not.
+    wide = {
+        str(transform): ({"extract_features", "train", "evaluate", "table"},
+                         {"synthesize", "dataset_stats"}),
+        str(miner): ({"train", "audit_hard_sets", "table"},
+                     {"synthesize", "dataset_stats", "extract_features", "pretrain_encoder"}),
+        "src/qure/data/cirr.py": ({"dataset_stats", "train", "evaluate"}, set()),
+    }
+    for rel, (included, excluded) in wide.items():
+        copy = tmp_path / rel.replace("/", "_")
+        shutil.copytree(work, copy, symlinks=True)
+        with (copy / rel).open("a", encoding="utf-8") as handle:
+            handle.write("\n# edited by the code-provenance test\n")
+        scheduled = _scheduled(copy)
+        assert included <= scheduled and not excluded & scheduled, (rel, scheduled)

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from qure.errors import ConfigError, QureError
+from qure.policies import MISSING_POLICIES
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -49,8 +50,6 @@ def parse_pairs(items: list[str], option: str,
 
 def add_missing_images_argument(parser: Any) -> None:
     """``--missing-images fail|drop``: the config's ``data.missing_images`` policy."""
-    from qure.stages.data import MISSING_POLICIES
-
     parser.add_argument("--missing-images", default="fail", choices=MISSING_POLICIES,
                         help="images absent on disk: fail (stop, naming the first) or drop "
                              "(leave the queries and gallery images out, counted; config "

@@ -25,6 +25,7 @@ import torch
 from qure.data import HPFashionIQ, open_dataset
 from qure.data.base import CIRSplit, Gallery
 from qure.errors import ConfigError, MissingImageError
+from qure.policies import MISSING_POLICIES
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 TRAIN_SPLIT = {"fashioniq": "train", "cirr": "train"}
 VAL_SPLIT = {"fashioniq": "val", "cirr": "val", "circo": "val"}
 TEST_SPLIT = {"cirr": "test1", "circo": "test"}
-MISSING_POLICIES = ("fail", "drop")
 
 
 def check_policy(policy: str) -> str:

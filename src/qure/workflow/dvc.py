@@ -34,6 +34,7 @@ import yaml
 
 from qure.workflow.config import BENCHMARKS, feature_family, pretrains
 from qure.workflow.plan import FIGURE_FORMATS, FIGURE_NAMES, RUN_FILES, Plan
+from qure.workflow.provenance import code_files, rule_scripts
 
 SNAKEMAKE = ("snakemake --cores 1 --resources gpu=1 --allowed-rules {rules} {configfiles}"
              "$QURE_SNAKEMAKE_ARGS --")
@@ -140,17 +141,45 @@ def config_documents(pipeline: Pipeline, root: str | Path = ".") -> dict[str, An
             for name in pipeline.config_files}
 
 
+#: Rules whose outputs are downloads pinned by checksum, not computed: a code edit does not
+#: make them stale (re-running would fetch tens of GB again for nothing).
+DOWNLOAD_RULES = ("fetch_annotations", "fetch_images", "fetch_weights")
+
+
+def stage_code(root: str | Path = ".") -> dict[str, list[str]]:
+    """Stage kind -> the code its results depend on: the Snakefile, the ``.smk`` files of
+    its rules, and each of its rules' CLI with every project module it imports
+    (qure.workflow.provenance). Editing anything else (the README, a test) stales
+    nothing."""
+    root = Path(root)
+    where: dict[str, str] = {}
+    scripts: dict[str, str] = {}
+    for smk in sorted((root / "rules").glob("*.smk")):
+        for rule, script in rule_scripts(smk).items():
+            scripts[rule] = script
+            where[rule] = str(smk.relative_to(root))
+    code: dict[str, list[str]] = {}
+    for kind, rules in STAGE_RULES.items():
+        files = {"Snakefile"}
+        for rule in rules:
+            if rule in scripts and rule not in DOWNLOAD_RULES:
+                files.add(where[rule])
+                files.update(code_files(root, scripts[rule]))
+        code[kind] = sorted(files)
+    return code
+
+
 def dvc_stages(config: Mapping[str, Any], pipeline: Pipeline = DEFAULT,
-               files: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               files: Mapping[str, Any] | None = None, root: str | Path = ".") -> dict[str, Any]:
     """The stages of ``pipeline`` for its merged ``config``; ``files``: its config files
-    as written (default: read from the current directory)."""
-    _stage = _Stages(pipeline, files if files is not None else config_documents(pipeline))
-    plan = Plan(config)
+    as written (default: read from ``root``, the repository)."""
+    _stage = _Stages(pipeline, files if files is not None else config_documents(pipeline, root))
+    plan = Plan(config, root)
     study = config["study"]
-    code = ["src/qure", "workflow_scripts", "Snakefile", "rules"]
+    code = stage_code(root)
     stats = [plan.dataset_stats(d) for d in BENCHMARKS]
     stages: dict[str, Any] = {}
-    stages["benchmarks"] = _stage("benchmarks", stats, [], ["profile", "data"],
+    stages["benchmarks"] = _stage("benchmarks", stats, code["benchmarks"], ["profile", "data"],
                                   "Generate (synthetic) or fetch and verify (real) the four "
                                   "benchmarks; per-dataset statistics")
     backbones = list(study["backbones"])
@@ -159,7 +188,7 @@ def dvc_stages(config: Mapping[str, Any], pipeline: Pipeline = DEFAULT,
     if mini:
         pretrained = [plan.encoder()] + [plan.pretrained(b) for b in mini
                                          if pretrains(config, b)]
-        stages["pretrain"] = _stage("pretrain", pretrained, code,
+        stages["pretrain"] = _stage("pretrain", pretrained, code["pretrain"],
                                     ["encoder", "pretraining", "backbones"],
                                     "Pretrain the mini backbone: frozen image encoder, then "
                                     "each mini Q-Former (BLIP-2 pretraining analogue)")
@@ -175,7 +204,7 @@ def dvc_stages(config: Mapping[str, Any], pipeline: Pipeline = DEFAULT,
         # every model.pt reads its frozen ViT from them.
         features = [{path: {"cache": False}} for path in
                     [*features, *(plan.blip2_weights() for f in families if f == "blip2_vitl")]]
-    stages["features"] = _stage("features", features, stats + pretrained,
+    stages["features"] = _stage("features", features, stats + pretrained + code["features"],
                                 [*(f"backbones.{b}" for b in backbones),
                                  "evaluation.test_servers"],
                                 "Frozen image features of every benchmark, per backbone family")
@@ -187,13 +216,14 @@ def dvc_stages(config: Mapping[str, Any], pipeline: Pipeline = DEFAULT,
         outs = [plan.run_file(run.dataset, run.backbone, run.method, f) for f in RUN_FILES]
         run_outs += outs
         stages[f"train_{run.dataset}_{run.backbone}_{run.method}"] = _stage(
-            "train", outs, features + pretrained + code,
+            "train", outs, features + pretrained + code["train"],
             ["seed", "training.defaults", f"training.{run.dataset}",
              f"methods.{run.method}", f"backbones.{run.backbone}"],
             f"Train {run.method} on {run.dataset} with backbone {run.backbone}")
     evaluations = plan.evaluation_files()
     submissions = plan.submission_files()
-    stages["evaluate"] = _stage("evaluate", submissions, run_outs + features + frozen,
+    stages["evaluate"] = _stage("evaluate", submissions,
+                                run_outs + features + frozen + code["evaluate"],
                                 ["evaluation", "data.missing_images"],
                                 "Final models on their validation splits; CIRCO and "
                                 "HP-FashionIQ zero-shot"
@@ -207,15 +237,16 @@ def dvc_stages(config: Mapping[str, Any], pipeline: Pipeline = DEFAULT,
         del stages["evaluate"]["outs"]
     dataset = study["strategy_dataset"]
     analyses = [plan.audit(dataset), plan.examples(dataset)]
-    stages["analysis"] = _stage("analysis", analyses, run_outs + features + frozen,
+    stages["analysis"] = _stage("analysis", analyses,
+                                run_outs + features + frozen + code["analysis"],
                                 ["study.audit_methods", "study.audit_basis", "study.examples"],
                                 "Hard-set audit against the oracle (Fig. 9) and examples "
                                 "(Fig. 6) on one shared score matrix")
     tables = plan.table_files()
-    stages["tables"] = _stage("tables", tables, evaluations, [],
+    stages["tables"] = _stage("tables", tables, evaluations + code["tables"], [],
                               "Paper Tables 2-8 with the reproduced rows (CSV, Markdown, LaTeX)")
     figures = plan.figure_files()
-    stages["figures"] = _stage("figures", figures, run_outs + analyses, [],
+    stages["figures"] = _stage("figures", figures, run_outs + analyses + code["figures"], [],
                                "Paper Figures 4-8 and Fig. 9",
                                plots=[plan.figure_file(f, "png") for f in FIGURE_NAMES])
     # The PNGs are declared as plots; DVC refuses the same path as out and plot.

@@ -23,6 +23,7 @@ from qure.workflow.config import (
     train_settings,
     training_runs,
 )
+from qure.workflow.provenance import code_files
 
 TABLE_NAMES = ("table2_fashioniq", "table3_cirr", "table4_hp_fashioniq", "table5_circo",
                "table6_cirr_backbones", "table7_fashioniq_backbones",
@@ -60,10 +61,18 @@ def train_dataset_of(benchmark: str) -> str:
 class Plan:
     """Paths and parameters of one configured study."""
 
-    def __init__(self, config: Mapping[str, Any]):
+    def __init__(self, config: Mapping[str, Any], root: str | Path = "."):
         self.config = config
         self.results = Path(config["paths"]["results"])
         self.resources = Path(config["paths"]["resources"])
+        self.repository = Path(root)
+        """The workflow's working directory (the repository root)."""
+
+    def code(self, script: str) -> list[str]:
+        """The code a rule running ``script`` depends on: the script and every project
+        module it imports (qure.workflow.provenance), as rule inputs, so that editing a
+        module reruns exactly the jobs whose results it can change."""
+        return code_files(self.repository, script)
 
     # --- data ---------------------------------------------------------------------------
 
