@@ -9,9 +9,14 @@
 import json
 import os
 
+from snakemake.utils import min_version
+
 from qure.workflow import prefer_interpreter_on_path
-from qure.workflow.config import validate_config
+from qure.workflow.config import BENCHMARKS, validate_config
 from qure.workflow.plan import TABLE_NAMES, Plan
+from qure.workflow.rules import RuleFunctions
+
+min_version("9.0")
 
 
 configfile: "config/config.yaml"
@@ -22,8 +27,26 @@ validate_config(config)
 # activates the rule's own environment in front of it.
 prefer_interpreter_on_path()
 PLAN = Plan(config)
+# Each rule's input and params functions (named, tested; no lambdas in the rules).
+RULES = RuleFunctions(PLAN)
 LOGS = "logs"
 BENCH = "logs/benchmarks"
+
+
+# One set of wildcard values for every rule; a rule serving fewer datasets narrows it.
+wildcard_constraints:
+    dataset="|".join(BENCHMARKS),
+    benchmark="|".join(BENCHMARKS),
+    table="|".join(TABLE_NAMES),
+    backbone="|".join(config["backbones"]),
+    method="|".join(config["methods"]),
+
+
+# Downloads run where the workflow is started (compute nodes may have no internet).
+localrules:
+    fetch_annotations,
+    fetch_images,
+    fetch_weights,
 
 
 report: "report/workflow.rst"

@@ -3,19 +3,18 @@
 # hard-negative examples (Fig. 6).
 
 STUDY = config["study"]
-MAIN = STUDY["main_backbone"]
 
 
 rule audit_hard_sets:
     input:
-        unpack(lambda w: PLAN.analysis_inputs(w.dataset)),
+        unpack(RULES.analysis_inputs),
         code=PLAN.code("workflow_scripts/analyze_hard_sets.py"),
     output:
         PLAN.audit("{dataset}"),
     params:
         model=PLAN.model_args(),
-        root=lambda w: PLAN.root(w.dataset),
-        basis=lambda w, input: os.path.dirname(input.model),
+        root=RULES.dataset_root,
+        basis=RULES.model_run,
         methods=PLAN.audit_methods_json(),
         batch_size=config["evaluation"]["batch_size"],
     threads: config["threads"]
@@ -36,14 +35,14 @@ rule audit_hard_sets:
 
 rule hard_negative_examples:
     input:
-        unpack(lambda w: PLAN.analysis_inputs(w.dataset)),
+        unpack(RULES.analysis_inputs),
         code=PLAN.code("workflow_scripts/analyze_hard_sets.py"),
     output:
         PLAN.examples("{dataset}"),
     params:
         model=PLAN.model_args(),
-        root=lambda w: PLAN.root(w.dataset),
-        basis=lambda w, input: os.path.dirname(input.model),
+        root=RULES.dataset_root,
+        basis=RULES.model_run,
         strategy=config["methods"][STUDY["qure_method"]]["strategy"],
         strategy_params=json.dumps(config["methods"][STUDY["qure_method"]]["strategy_params"]),
         queries=STUDY["examples"]["queries"],

@@ -10,9 +10,10 @@ if config["profile"] == "synthetic":
         output:
             [PLAN.synthetic_manifest(d) for d in ("fashioniq", "cirr", "circo", "hp_fashioniq")],
         params:
-            out=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+            out=RULES.output_parent,
             scale=config["data"]["synthetic"]["scale"],
             seed=config["data"]["synthetic"]["seed"],
+        threads: config["threads"]
         log:
             f"{LOGS}/synthesize.log",
         benchmark:
@@ -21,28 +22,22 @@ if config["profile"] == "synthetic":
             "../envs/qure.yaml"
         shell:
             "python workflow_scripts/synthesize.py --out {params.out} --seed {params.seed} "
-            "--scale {params.scale} --workers 2 > {log} 2>&1"
+            "--scale {params.scale} --workers {threads} > {log} 2>&1"
 
 
 rule dataset_stats:
     input:
-        lambda w: PLAN.dataset_ready(w.dataset),
+        RULES.dataset_ready,
         code=PLAN.code("workflow_scripts/dataset_stats.py"),
     output:
         PLAN.dataset_stats("{dataset}"),
     params:
-        root=lambda w: PLAN.root(w.dataset),
-        image_root=lambda w: (
-            f"--image-root {config['data']['hp_image_root']}"
-            if w.dataset == "hp_fashioniq" and config["data"]["hp_image_root"]
-            else ""
-        ),
+        root=RULES.dataset_root,
+        image_root=RULES.image_root_arg,
         # Synthetic benchmarks must be complete; real ones report missing images instead.
         strict="--strict" if config["profile"] == "synthetic" else "",
     log:
         f"{LOGS}/dataset_stats/{{dataset}}.log",
-    wildcard_constraints:
-        dataset="fashioniq|cirr|circo|hp_fashioniq",
     conda:
         "../envs/qure.yaml"
     shell:
@@ -61,32 +56,17 @@ rule fetch_annotations:
     output:
         PLAN.annotations_manifest("{dataset}"),
     params:
-        root=lambda w: PLAN.full_root(w.dataset),
+        root=RULES.full_root,
         mirror=MIRROR,
         progress="" if config["progress"] else "--no-progress",
     retries: 2
     log:
         f"{LOGS}/data/fetch_annotations_{{dataset}}.log",
-    wildcard_constraints:
-        dataset="fashioniq|cirr|circo|hp_fashioniq",
     conda:
         "../envs/qure.yaml"
     shell:
         "python workflow_scripts/fetch_annotations.py --dataset {wildcards.dataset} "
         "--root {params.root} --manifest {output} {params.mirror} {params.progress} > {log} 2>&1"
-
-
-FIQ_IMAGES = {
-    "urls": "--from-urls --image-data-links",
-    "mirror": "--from-urls --images-from-mirror --image-data-links",
-    "archive": f"--from-archive {REAL['fashioniq_images']['path']} --image-data-links",
-    "folder": f"--from-folder {REAL['fashioniq_images']['path']} --image-data-links",
-}[REAL["fashioniq_images"]["source"]]
-IMAGE_SOURCES = {
-    "fashioniq": FIQ_IMAGES,
-    "circo": "",
-    "cirr": f"--from-folder {REAL['cirr_images']}" if REAL["cirr_images"] else "",
-}
 
 
 if PLAN.subset() is not None:
@@ -95,18 +75,16 @@ if PLAN.subset() is not None:
     # other gallery images, as dataset roots in the real format (qure.data.subset).
     rule subset_dataset:
         input:
-            lambda w: PLAN.subset_inputs(w.dataset),
+            RULES.subset_inputs,
             code=PLAN.code("workflow_scripts/make_subset.py"),
         output:
             PLAN.subset_manifest("{dataset}"),
         params:
-            root=lambda w: PLAN.full_root(w.dataset),
-            out=lambda w: PLAN.subset_root(w.dataset),
-            size=lambda w: PLAN.subset_args(w.dataset),
+            root=RULES.full_root,
+            out=RULES.subset_root,
+            size=RULES.subset_size_args,
         log:
             f"{LOGS}/data/subset_{{dataset}}.log",
-        wildcard_constraints:
-            dataset="fashioniq|cirr|circo|hp_fashioniq",
         conda:
             "../envs/qure.yaml"
         shell:
@@ -116,12 +94,12 @@ if PLAN.subset() is not None:
 
 rule fetch_images:
     input:
-        lambda w: PLAN.images_inputs(w.dataset),
+        RULES.images_inputs,
     output:
         PLAN.images_report("{dataset}"),
     params:
-        root=lambda w: PLAN.images_root(w.dataset),
-        source=lambda w: IMAGE_SOURCES[w.dataset],
+        root=RULES.images_root,
+        source=RULES.image_source_args,
         mirror=MIRROR,
         progress="" if config["progress"] else "--no-progress",
     log:
@@ -140,22 +118,16 @@ rule fetch_images:
 
 rule verify_dataset:
     input:
-        lambda w: PLAN.verify_inputs(w.dataset),
+        RULES.verify_inputs,
         code=PLAN.code("workflow_scripts/verify_dataset.py"),
     output:
         PLAN.verified("{dataset}"),
     params:
-        root=lambda w: PLAN.root(w.dataset),
-        image_root=lambda w: (
-            f"--image-root {config['data']['hp_image_root']}"
-            if w.dataset == "hp_fashioniq" and config["data"]["hp_image_root"]
-            else ""
-        ),
-        catalogue=lambda w: PLAN.verify_args(w.dataset),
+        root=RULES.dataset_root,
+        image_root=RULES.image_root_arg,
+        catalogue=RULES.verify_args,
     log:
         f"{LOGS}/data/verify_{{dataset}}.log",
-    wildcard_constraints:
-        dataset="fashioniq|cirr|circo|hp_fashioniq",
     conda:
         "../envs/qure.yaml"
     shell:
@@ -171,7 +143,7 @@ rule fetch_weights:
         vocab=f"{REAL['weights_dir']}/bert-base-uncased-vocab.txt",
         manifest=str(PLAN.results / "data" / "weights.json"),
     params:
-        out=lambda w, output: os.path.dirname(output.blip2),
+        out=RULES.output_folder,
         mirror=MIRROR,
         progress="" if config["progress"] else "--no-progress",
     retries: 2

@@ -15,9 +15,10 @@ if PRETRAIN["enabled"]:
         output:
             [PLAN.pretraining_manifest(d) for d in PRETRAIN_SETS],
         params:
-            out=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+            out=RULES.output_parent,
             scale=config["data"]["synthetic"]["scale"],
             seed=PRETRAIN["corpus_seed"],
+        threads: config["threads"]
         log:
             f"{LOGS}/synthesize_pretraining_corpus.log",
         benchmark:
@@ -26,7 +27,7 @@ if PRETRAIN["enabled"]:
             "../envs/qure.yaml"
         shell:
             "python workflow_scripts/synthesize.py --out {params.out} --seed {params.seed} "
-            "--scale {params.scale} --benchmarks fashioniq cirr --workers 2 > {log} 2>&1"
+            "--scale {params.scale} --benchmarks fashioniq cirr --workers {threads} > {log} 2>&1"
 
 
 rule pretrain_encoder:
@@ -65,7 +66,7 @@ rule extract_pretraining_features:
         index=PLAN.features_index("mini_blip2", "pretrain_{dataset}"),
     params:
         model=PLAN.feature_args(),
-        root=lambda w: PLAN.pretraining_root(w.dataset),
+        root=RULES.pretraining_root,
         progress="" if config["progress"] else "--no-progress",
     threads: config["threads"]
     resources:
@@ -95,11 +96,9 @@ rule pretrain_qformer:
         features=" ".join(
             f"--features {d}={PLAN.features('mini_blip2', f'pretrain_{d}')}" for d in PRETRAIN_SETS
         ),
-        out=lambda w, output: os.path.dirname(output[0]),
+        out=RULES.output_folder,
         settings=json.dumps({**PRETRAIN["settings"], "seed": config["seed"]}, sort_keys=True),
-        single_vector=lambda w: (
-            "--single-vector" if config["backbones"][w.backbone]["single_vector"] else ""
-        ),
+        single_vector=RULES.single_vector_arg,
         progress="" if config["progress"] else "--no-progress",
     threads: config["threads"]
     resources:

@@ -3,33 +3,27 @@
 
 rule evaluate:
     input:
-        unpack(lambda w: PLAN.evaluate_inputs(w.benchmark, w.backbone, w.method)),
+        unpack(RULES.evaluate_inputs),
         code=PLAN.code("workflow_scripts/evaluate.py"),
     output:
         PLAN.evaluation("{benchmark}", "{backbone}", "{method}"),
     params:
         model=PLAN.model_args(),
-        root=lambda w: PLAN.root(w.benchmark),
-        run=lambda w, input: os.path.dirname(input.model),
-        hp_image_root=lambda w: (
-            f"--hp-image-root {config['data']['hp_image_root']}"
-            if w.benchmark == "hp_fashioniq" and config["data"]["hp_image_root"]
-            else ""
-        ),
+        root=RULES.benchmark_root,
+        run=RULES.model_run,
+        image_root=RULES.image_root_arg,
         batch_size=config["evaluation"]["batch_size"],
     threads: config["threads"]
     resources:
         gpu=1,
     log:
         f"{LOGS}/evaluate/{{benchmark}}/{{backbone}}/{{method}}.log",
-    wildcard_constraints:
-        benchmark="fashioniq|cirr|circo|hp_fashioniq",
     conda:
         "../envs/qure.yaml"
     shell:
         "python workflow_scripts/evaluate.py --benchmark {wildcards.benchmark} "
         "--root {params.root} --run {params.run} --features {input.npy} --out {output} "
-        "{params.hp_image_root} --batch-size {params.batch_size} --threads {threads} "
+        "{params.image_root} --batch-size {params.batch_size} --threads {threads} "
         "{params.model} "
         "> {log} 2>&1"
 
@@ -39,7 +33,7 @@ rule evaluate:
 
 rule write_cirr_submission:
     input:
-        unpack(lambda w: PLAN.evaluate_inputs("cirr", w.backbone, w.method)),
+        unpack(RULES.cirr_submission_inputs),
         code=PLAN.code("workflow_scripts/write_submission.py"),
     output:
         report=PLAN.submission_report("cirr", "{backbone}", "{method}"),
@@ -47,8 +41,8 @@ rule write_cirr_submission:
     params:
         benchmark="cirr",
         root=PLAN.root("cirr"),
-        run=lambda w, input: os.path.dirname(input.model),
-        out_dir=lambda w, output: os.path.dirname(output.report),
+        run=RULES.model_run,
+        out_dir=RULES.output_folder,
         batch_size=config["evaluation"]["batch_size"],
         device=config["device"],
     threads: config["threads"]
@@ -68,7 +62,7 @@ rule write_cirr_submission:
 
 rule write_circo_submission:
     input:
-        unpack(lambda w: PLAN.evaluate_inputs("circo", w.backbone, w.method)),
+        unpack(RULES.circo_submission_inputs),
         code=PLAN.code("workflow_scripts/write_submission.py"),
     output:
         report=PLAN.submission_report("circo", "{backbone}", "{method}"),
@@ -76,8 +70,8 @@ rule write_circo_submission:
     params:
         benchmark="circo",
         root=PLAN.root("circo"),
-        run=lambda w, input: os.path.dirname(input.model),
-        out_dir=lambda w, output: os.path.dirname(output.report),
+        run=RULES.model_run,
+        out_dir=RULES.output_folder,
         batch_size=config["evaluation"]["batch_size"],
         device=config["device"],
     threads: config["threads"]

@@ -2,7 +2,7 @@
 # (backbone family, benchmark) and memory-mapped by training, mining and evaluation.
 
 
-rule extract_features:
+rule extract_features_mini:
     input:
         encoder=PLAN.encoder(),
         stats=PLAN.dataset_stats("{dataset}"),
@@ -12,15 +12,11 @@ rule extract_features:
         index=PLAN.features_index("mini_blip2", "{dataset}"),
     params:
         model=PLAN.feature_args(),
-        root=lambda w: PLAN.root(w.dataset),
-        image_root=lambda w: (
-            f"--image-root {config['data']['hp_image_root']}"
-            if w.dataset == "hp_fashioniq" and config["data"]["hp_image_root"]
-            else ""
-        ),
+        root=RULES.dataset_root,
+        image_root=RULES.image_root_arg,
         progress="" if config["progress"] else "--no-progress",
         # evaluation.test_servers: CIRR test1 / CIRCO test images too.
-        splits=lambda w: PLAN.feature_split_args(w.dataset),
+        splits=RULES.feature_split_args,
     threads: config["threads"]
     resources:
         gpu=1,
@@ -28,8 +24,6 @@ rule extract_features:
         f"{LOGS}/features/mini_blip2/{{dataset}}.log",
     benchmark:
         f"{BENCH}/features/mini_blip2/{{dataset}}.tsv"
-    wildcard_constraints:
-        dataset="fashioniq|cirr|circo|hp_fashioniq",
     conda:
         "../envs/qure.yaml"
     shell:
@@ -75,15 +69,12 @@ rule extract_features_blip2:
         index=PLAN.features_index("blip2_vitl", "{dataset}"),
     params:
         model=PLAN.feature_args(),
-        root=lambda w: PLAN.root(w.dataset),
-        image_root=lambda w: (
-            f"--image-root {config['data']['hp_image_root']}"
-            if w.dataset == "hp_fashioniq" and config["data"]["hp_image_root"]
-            else ""
-        ),
+        root=RULES.dataset_root,
+        image_root=RULES.image_root_arg,
         progress="" if config["progress"] else "--no-progress",
         # evaluation.test_servers: CIRR test1 / CIRCO test images too.
-        splits=lambda w: PLAN.feature_split_args(w.dataset),
+        splits=RULES.feature_split_args,
+        batch_size=config["feature_batch_size"],
     threads: config["threads"]
     resources:
         gpu=1,
@@ -91,13 +82,10 @@ rule extract_features_blip2:
         f"{LOGS}/features/blip2_vitl/{{dataset}}.log",
     benchmark:
         f"{BENCH}/features/blip2_vitl/{{dataset}}.tsv"
-    wildcard_constraints:
-        dataset="fashioniq|cirr|circo|hp_fashioniq",
     conda:
         "../envs/qure-gpu.yaml"
     shell:
         "python workflow_scripts/extract_features.py --dataset {wildcards.dataset} "
         "--root {params.root} {params.image_root} --backbone {input.backbone} "
-        "--out {output.npy} {params.splits} --batch-size 64 --threads {threads} {params.model} "
-        "{params.progress} "
-        "> {log} 2>&1"
+        "--out {output.npy} {params.splits} --batch-size {params.batch_size} --threads {threads} "
+        "{params.model} {params.progress} > {log} 2>&1"

@@ -14,7 +14,7 @@ rule fig4_negative_strategies:
         ),
         pdf=PLAN.figure_file("fig4_negative_strategies", "pdf"),
     params:
-        prefix=lambda w, output: os.path.splitext(output.pdf)[0],
+        prefix=RULES.output_prefix,
         histories=PLAN.history_args("fig4_negative_strategies"),
         metric=PLAN.headline_metric(),
         dataset=config["study"]["strategy_dataset"],
@@ -40,7 +40,7 @@ rule fig5_hard_negative_set_size:
         ),
         pdf=PLAN.figure_file("fig5_hard_negative_set_size", "pdf"),
     params:
-        prefix=lambda w, output: os.path.splitext(output.pdf)[0],
+        prefix=RULES.output_prefix,
         histories=PLAN.history_args("fig5_hard_negative_set_size"),
         profile=config["profile"],
     log:
@@ -64,7 +64,7 @@ rule fig6_hard_negative_examples:
         ),
         pdf=PLAN.figure_file("fig6_hard_negative_examples", "pdf"),
     params:
-        prefix=lambda w, output: os.path.splitext(output.pdf)[0],
+        prefix=RULES.output_prefix,
     log:
         f"{LOGS}/figures/fig6_hard_negative_examples.log",
     conda:
@@ -86,7 +86,7 @@ rule fig7_score_steepness:
         ),
         pdf=PLAN.figure_file("fig7_score_steepness", "pdf"),
     params:
-        prefix=lambda w, output: os.path.splitext(output.pdf)[0],
+        prefix=RULES.output_prefix,
         profile=config["profile"],
     log:
         f"{LOGS}/figures/fig7_score_steepness.log",
@@ -109,7 +109,7 @@ rule fig8_score_steepness_aggregate:
         ),
         pdf=PLAN.figure_file("fig8_score_steepness_aggregate", "pdf"),
     params:
-        prefix=lambda w, output: os.path.splitext(output.pdf)[0],
+        prefix=RULES.output_prefix,
         profile=config["profile"],
     log:
         f"{LOGS}/figures/fig8_score_steepness_aggregate.log",
@@ -133,7 +133,7 @@ rule fig9_false_negatives_in_hard_sets:
         ),
         pdf=PLAN.figure_file("fig9_false_negatives_in_hard_sets", "pdf"),
     params:
-        prefix=lambda w, output: os.path.splitext(output.pdf)[0],
+        prefix=RULES.output_prefix,
         histories=PLAN.history_args("fig9_false_negatives_in_hard_sets"),
     log:
         f"{LOGS}/figures/fig9_false_negatives_in_hard_sets.log",

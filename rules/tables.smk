@@ -4,7 +4,7 @@
 
 rule table:
     input:
-        lambda w: PLAN.table_inputs(w.table),
+        RULES.table_inputs,
         code=PLAN.code("workflow_scripts/make_table.py"),
     output:
         csv=report(
@@ -16,12 +16,10 @@ rule table:
         md=PLAN.table_file("{table}", "md"),
         tex=PLAN.table_file("{table}", "tex"),
     params:
-        rows=lambda w: json.dumps(PLAN.table_rows(w.table)),
-        prefix=lambda w, output: os.path.splitext(output.csv)[0],
+        rows=RULES.table_rows,
+        prefix=RULES.output_prefix,
     log:
         f"{LOGS}/tables/{{table}}.log",
-    wildcard_constraints:
-        table="|".join(TABLE_NAMES),
     conda:
         "../envs/qure.yaml"
     shell:

@@ -5,7 +5,7 @@
 
 rule train:
     input:
-        unpack(lambda w: PLAN.train_inputs(w.dataset, w.backbone)),
+        unpack(RULES.train_inputs),
         code=PLAN.code("workflow_scripts/train.py"),
     output:
         metrics=PLAN.run_file("{dataset}", "{backbone}", "{method}", "metrics.json"),
@@ -14,16 +14,12 @@ rule train:
         snapshots=PLAN.run_file("{dataset}", "{backbone}", "{method}", "snapshots.pt"),
     params:
         model=PLAN.model_args(),
-        root=lambda w: PLAN.root(w.dataset),
-        out=lambda w, output: os.path.dirname(output.metrics),
-        settings=lambda w: PLAN.train_json(w.dataset, w.method),
-        single_vector=lambda w: (
-            "--single-vector" if config["backbones"][w.backbone]["single_vector"] else ""
-        ),
-        init=lambda w, input: f"--init {input.init}" if "init" in input.keys() else "",
-        encoder=lambda w, input: (
-            f"--encoder {input.encoder}" if "encoder" in input.keys() else ""
-        ),
+        root=RULES.dataset_root,
+        out=RULES.output_folder,
+        settings=RULES.train_settings,
+        single_vector=RULES.single_vector_arg,
+        init=RULES.init_arg,
+        encoder=RULES.encoder_arg,
         progress="" if config["progress"] else "--no-progress",
     threads: config["threads"]
     resources:

@@ -130,7 +130,7 @@ def test_gpu_rules_asked_slurm_for_a_gpu(slurm_run):
         if rule:
             gpu = re.search(r"\bTresPerJob=\S*gpu:1\b", line) is not None
             gpu_by_rule.setdefault(rule.group(1), set()).add(gpu)
-    for name in ("train", "evaluate", "extract_features", "pretrain_encoder",
+    for name in ("train", "evaluate", "extract_features_mini", "pretrain_encoder",
                  "pretrain_qformer", "audit_hard_sets", "hard_negative_examples"):
         assert gpu_by_rule.get(name) == {True}, (name, gpu_by_rule)
     for name in ("table", "dataset_stats", "synthesize"):

@@ -4,6 +4,7 @@ dvc.yaml, Snakemake lint and dry runs (default, smoke and paper profiles)."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -282,3 +283,44 @@ def test_paper_profile_dry_run_schedules_real_data_and_gpu_jobs():
         if name in ("train", "extract_features_blip2", "evaluate", "write_cirr_submission",
                     "write_circo_submission"):
             assert "gpu=1" in block, f"{name} does not request gpu=1"
+
+
+def test_rule_functions_ask_the_plan(config):
+    from types import SimpleNamespace
+
+    from qure.workflow.rules import RuleFunctions
+
+    plan = Plan(config)
+    rules = RuleFunctions(plan)
+    w = SimpleNamespace(dataset="fashioniq", backbone="blip2", method="qure",
+                        benchmark="circo", table="table2_fashioniq")
+    assert rules.train_inputs(w) == plan.train_inputs("fashioniq", "blip2")
+    assert rules.evaluate_inputs(w) == plan.evaluate_inputs("circo", "blip2", "qure")
+    assert rules.cirr_submission_inputs(w)["model"].endswith("runs/cirr/blip2/qure/model.pt")
+    assert rules.dataset_root(w) == plan.root("fashioniq")
+    assert rules.benchmark_root(w) == plan.root("circo")
+    assert rules.single_vector_arg(SimpleNamespace(backbone="blip")) == "--single-vector"
+    assert rules.single_vector_arg(w) == ""
+    assert json.loads(rules.table_rows(w)) == plan.table_rows("table2_fashioniq")
+    hp = SimpleNamespace(dataset="hp_fashioniq")
+    paper = load_config(DEFAULT, PAPER)
+    assert RuleFunctions(Plan(paper)).image_root_arg(hp) == "--image-root resources/data/fashioniq"
+    assert rules.image_root_arg(hp) == ""  # synthetic: HP has its own images
+    output = ["results/tables/t.csv", "results/tables/t.md"]
+    assert rules.output_prefix(w, output) == "results/tables/t"
+    assert rules.output_folder(w, output) == "results/tables"
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("urls", "--from-urls --image-data-links"),
+    ("mirror", "--from-urls --images-from-mirror --image-data-links"),
+    ("archive", "--from-archive '/my copy/fiq.zip' --image-data-links"),
+    ("folder", "--from-folder '/my copy/fiq.zip' --image-data-links")])
+def test_image_source_args_follow_the_config(source, expected):
+    paper = copy.deepcopy(load_config(DEFAULT, PAPER))
+    paper["data"]["real"]["fashioniq_images"] = {"source": source, "path": "/my copy/fiq.zip"}
+    plan = Plan(paper)
+    assert plan.image_source_args("fashioniq") == expected
+    assert plan.image_source_args("circo") == ""
+    paper["data"]["real"]["cirr_images"] = "/nlvr2"
+    assert Plan(paper).image_source_args("cirr") == "--from-folder /nlvr2"

@@ -3,7 +3,7 @@ against the relevance oracle (Fig. 9) and hard-negative examples (Fig. 6).
 
 Example: python workflow_scripts/analyze_hard_sets.py audit --dataset fashioniq
     --root DIR/fashioniq --basis-run results/runs/fashioniq/blip2/all
-    --features resources/features/mini_blip2/fashioniq.npy
+    --features results/features/mini_blip2/fashioniq.npy
     --methods '{"qure": {"strategy": "qure", "strategy_params": {}}}' --out audit.json
 """
 

@@ -3,7 +3,7 @@
 Example: python workflow_scripts/convert_blip2_weights.py \
     --blip2 resources/weights/blip2_pretrained_vitL.pth \
     --vit resources/weights/clip_vit_L.pth --vocab resources/weights/bert-base-uncased \
-    --out resources/weights/blip2_vitl.pt --report resources/weights/blip2_vitl.report.json
+    --out results/models/blip2_vitl.pt --report results/data/blip2_conversion.json
 
 The output is read back with ``qure.models.load_backbone``. Every key of the input files
 is either converted or dropped for a listed reason (written to ``--report``); anything

@@ -2,7 +2,7 @@
 HP-FashionIQ zero-shot) and write the metrics JSON.
 
 Example: python workflow_scripts/evaluate.py --benchmark circo --root DIR/circo
-    --run results/runs/cirr/blip2/qure --features resources/features/mini_blip2/circo.npy
+    --run results/runs/cirr/blip2/qure --features results/features/mini_blip2/circo.npy
     --out results/eval/circo/blip2/qure.json
 """
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="training run folder (model.pt)")
     parser.add_argument("--features", required=True, help="frozen-feature cache (.npy)")
     parser.add_argument("--out", required=True, help="metrics JSON to write")
-    parser.add_argument("--hp-image-root", default=None,
+    parser.add_argument("--image-root", default=None,
                         help="HP-FashionIQ images (image_data/<cat>/<ASIN>.jpg)")
     parser.add_argument("--batch-size", type=int, default=256)
     add_missing_images_argument(parser)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = evaluate_step(args.benchmark, args.root, args.run, args.features, args.out,
-                           batch_size=args.batch_size, hp_image_root=args.hp_image_root,
+                           batch_size=args.batch_size, hp_image_root=args.image_root,
                            missing=args.missing_images, device=args.device)
     print(json.dumps({"out": args.out, **{k: round(v, 4) for k, v in result["metrics"].items()
                                          if isinstance(v, float)}}))

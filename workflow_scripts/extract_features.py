@@ -4,7 +4,7 @@ One path for both backbone families: the mini frozen encoder (``--encoder``) or 
 backbone such as the converted BLIP-2 ViT-L (``--backbone``, QuRe's TargetPad 224).
 
 Example: python workflow_scripts/extract_features.py --dataset cirr --root DIR/cirr \
-    --encoder resources/models/mini_encoder.pt --out resources/features/mini_blip2/cirr.npy
+    --encoder results/models/mini_encoder.pt --out results/features/mini_blip2/cirr.npy
 """
 
 from __future__ import annotations

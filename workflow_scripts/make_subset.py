@@ -6,7 +6,7 @@ qure.data.subset). Image folders are linked to the full root. Writes
 <out>/subset_manifest.json (N, M, the counts per split, the files and their sources).
 
 Example: python workflow_scripts/make_subset.py --dataset cirr \
-    --root resources/data/cirr_dataset --out resources/subset/cirr --queries 50 --gallery 200
+    --root resources/data/cirr_dataset --out results/subset/cirr --queries 50 --gallery 200
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ on a separate synthetic pretraining corpus; every study run then starts from it.
 
 Example: python workflow_scripts/pretrain_qformer.py
     --benchmark fashioniq=resources/synthetic_pretrain/fashioniq
-    --features fashioniq=resources/features/mini_blip2/pretrain_fashioniq.npy
-    --encoder resources/models/mini_encoder.pt --out resources/models/qformer_blip2
+    --features fashioniq=results/features/mini_blip2/pretrain_fashioniq.npy
+    --encoder results/models/mini_encoder.pt --out results/models/qformer_blip2
     --train-json '{"epochs": 10, "lr": 0.001}'
 """
 

@@ -2,8 +2,8 @@
 cached frozen features (mini BLIP-2 or BLIP-2 ViT-L). Resumes from OUT/checkpoint.pt.
 
 Example: python workflow_scripts/train.py --dataset fashioniq \
-    --root resources/synthetic/fashioniq --features resources/features/mini_blip2/fashioniq.npy \
-    --encoder resources/models/mini_encoder.pt --set epochs=10 --out /tmp/run
+    --root resources/synthetic/fashioniq --features results/features/mini_blip2/fashioniq.npy \
+    --encoder results/models/mini_encoder.pt --set epochs=10 --out /tmp/run
 """
 
 from __future__ import annotations

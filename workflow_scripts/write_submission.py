@@ -2,7 +2,7 @@
 recall_subset) or CIRCO test, with a report of what was written.
 
 Example: python workflow_scripts/write_submission.py --benchmark cirr --root DIR/cirr_dataset
-    --run results/runs/cirr/blip2_vitl/qure --features resources/features/blip2_vitl/cirr.npy
+    --run results/runs/cirr/blip2_vitl/qure --features results/features/blip2_vitl/cirr.npy
     --out-dir results/submissions/cirr/blip2_vitl/qure --name blip2_vitl_qure
     --report results/submissions/cirr/blip2_vitl/qure/submission.json
 """

@@ -182,7 +182,7 @@ def check_server_files(out: Outputs, upstream: dict[str, Any]) -> dict[str, Any]
         return _result("server_files", "pending", f"{len(absent)} of {len(files)} server "
                        f"files not written yet (first: {absent[0]})")
     problems = []
-    subset = out.resources / "subset"
+    subset = out.results / "subset"
     cirr = CIRR(subset / "cirr").load_split("test1")
     circo = CIRCO(subset / "circo").load_split("test")
     expected = {"cirr": ({q.query_id for q in cirr}, set(cirr.gallery.names)),

@@ -258,7 +258,3 @@ def pretrains(config: Mapping[str, Any], backbone: str) -> bool:
     return (config["pretraining"]["enabled"]
             and config["backbones"][backbone]["family"] == "mini_blip2")
 
-
-def uses_mini_encoder(config: Mapping[str, Any]) -> bool:
-    return any(config["backbones"][b]["family"] == "mini_blip2"
-               for b in config["study"]["backbones"])

@@ -45,7 +45,7 @@ STAGE_RULES: dict[str, tuple[str, ...]] = {
                    "verify_dataset", "dataset_stats"),
     "pretrain": ("synthesize_pretraining_corpus", "pretrain_encoder",
                  "extract_pretraining_features", "pretrain_qformer"),
-    "features": ("fetch_weights", "convert_blip2_weights", "extract_features",
+    "features": ("fetch_weights", "convert_blip2_weights", "extract_features_mini",
                  "extract_features_blip2"),
     "train": ("train",),
     "evaluate": ("evaluate", "write_cirr_submission", "write_circo_submission"),

@@ -1,5 +1,10 @@
 """Every file the workflow produces, as a function of the validated config.
 
+``paths.resources`` holds what the study is given: downloaded datasets and weights, and
+the synthetic benchmarks that stand in for them; ``paths.results`` everything it
+computes (subset roots, frozen-feature caches, converted and pretrained models, runs,
+evaluations, server files, analyses, tables, figures).
+
 The Snakemake rules and ``dvc.yaml`` name their inputs and outputs through this module,
 so the layout is defined once and tested (for example: every DVC output is a Snakemake
 target).
@@ -94,7 +99,7 @@ class Plan:
         return self.config["data"]["subset"]
 
     def subset_root(self, dataset: str) -> str:
-        return str(self.resources / "subset" / dataset)
+        return str(self.results / "subset" / dataset)
 
     def subset_manifest(self, dataset: str) -> str:
         return str(Path(self.subset_root(dataset)) / "subset_manifest.json")
@@ -138,6 +143,21 @@ class Plan:
             inputs.append(self.subset_manifest(dataset))
         return inputs
 
+    def image_source_args(self, dataset: str) -> str:
+        """Where fetch_images takes ``dataset``'s images from (data.real): FashionIQ from
+        its URL lists, a mirror, an archive or a folder; CIRR from the NLVR2 folder you
+        were sent; COCO from its archive (no option)."""
+        real = self.config["data"]["real"]
+        if dataset == "fashioniq":
+            source, path = real["fashioniq_images"]["source"], real["fashioniq_images"]["path"]
+            quoted = shlex.quote(str(path))
+            return {"urls": "--from-urls", "mirror": "--from-urls --images-from-mirror",
+                    "archive": f"--from-archive {quoted}",
+                    "folder": f"--from-folder {quoted}"}[source] + " --image-data-links"
+        if dataset == "cirr" and real["cirr_images"]:
+            return f"--from-folder {shlex.quote(real['cirr_images'])}"
+        return ""
+
     def download_args(self) -> str:
         """``--base-url``/``--substitutes`` of every download job (empty: upstream)."""
         real = self.config["data"]["real"]
@@ -171,7 +191,7 @@ class Plan:
         return str(self.resources / "synthetic_pretrain" / dataset)
 
     def pretrained(self, backbone: str) -> str:
-        return str(self.resources / "models" / f"pretrained_{backbone}" / "model.pt")
+        return str(self.results / "models" / f"pretrained_{backbone}" / "model.pt")
 
     def encoder_benchmarks(self) -> dict[str, str]:
         """Where the mini encoder learns: the pretraining corpus if there is one."""
@@ -185,7 +205,7 @@ class Plan:
     # --- models and features ------------------------------------------------------------
 
     def encoder(self) -> str:
-        return str(self.resources / "models" / "mini_encoder.pt")
+        return str(self.results / "models" / "mini_encoder.pt")
 
     def blip2_config_arg(self) -> str:
         """``--config`` of the LAVIS conversion: the backbones' ``model_config`` as JSON."""
@@ -193,17 +213,18 @@ class Plan:
                                                      sort_keys=True))
 
     def blip2_weights(self) -> str:
-        """The BLIP-2 ViT-L backbone converted from LAVIS's checkpoints (paper profile)."""
-        return str(Path(self.config["data"]["real"]["weights_dir"]) / "blip2_vitl.pt")
+        """The BLIP-2 ViT-L backbone converted from LAVIS's checkpoints (paper profile;
+        computed, so under results/, beside the downloaded files' weights_dir)."""
+        return str(self.results / "models" / "blip2_vitl.pt")
 
     def family(self, backbone: str) -> str:
         return str(self.config["backbones"][backbone]["family"])
 
     def features(self, family: str, dataset: str) -> str:
-        return str(self.resources / "features" / family / f"{dataset}.npy")
+        return str(self.results / "features" / family / f"{dataset}.npy")
 
     def features_index(self, family: str, dataset: str) -> str:
-        return str(self.resources / "features" / family / f"{dataset}.index.json")
+        return str(self.results / "features" / family / f"{dataset}.index.json")
 
     def run_dir(self, dataset: str, backbone: str, method: str) -> str:
         return str(self.results / "runs" / dataset / backbone / method)
