@@ -80,12 +80,12 @@ def model_spread(model: Path, features: Path, data: TrainingData,
     from qure.evaluation import encode_gallery, encode_queries
     from qure.models.feature_cache import FeatureCache
     from qure.models.interface import load_backbone
-    from qure.stages.models import feature_table
+    from qure.stages.models import features_by_name
 
     backbone, _ = load_backbone(model)
     backbone.eval()
     cache = FeatureCache.open_for(features, backbone, FeatureCache.recorded_preprocess(features))
-    table = feature_table(cache)
+    table = features_by_name(cache)
     with torch.no_grad():
         scores = backbone.score(encode_queries(backbone, table, data.references, data.texts),
                                 encode_gallery(backbone, table, data.corpus)).float()

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from PIL import Image
 
-from qure.evaluation import FeatureTable
+from qure.evaluation import FeaturesByName
 from qure.models import (
     build_backbone,
     build_feature_cache,
@@ -299,10 +299,10 @@ def test_trainer_runs_two_steps(tmp_path, cached):
                                                  transform),
                                     model, transform.config, batch_size=4, progress=False)
         assert cache.index["backbone"] == "blip2_vitl" and cache.as_tensor().dtype == torch.float16
-        table = FeatureTable(list(cache.names), cache.as_tensor())
+        table = FeaturesByName(list(cache.names), cache.as_tensor())
     else:
         batch = torch.stack([transform(load_image(f, mode=None)) for f in files])
-        table = FeatureTable(names, model.frozen_features(batch))
+        table = FeaturesByName(names, model.frozen_features(batch))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = TrainConfig(epochs=1, batch_size=4, n_def=1, lr=1e-4, seed=0, snapshot_queries=0)
     history = Trainer(model, data, table, config, tmp_path / "run", progress=False).fit()

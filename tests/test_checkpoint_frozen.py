@@ -17,7 +17,7 @@ from qure.models import (
 from qure.models.feature_cache import build_feature_cache, image_loader
 from qure.models.preprocess import simple_transform
 from qure.stages.data import image_locator, load_splits, split_images
-from qure.stages.models import feature_table, load_run_model, mini_backbone, save_encoder
+from qure.stages.models import features_by_name, load_run_model, mini_backbone, save_encoder
 from qure.stages.train import train_step
 from qure.synthetic import synthesize
 from qure.training.data import TrainingData
@@ -54,7 +54,7 @@ def setup(tmp_path_factory):
     cache = build_feature_cache(root / "features.npy", split_images(train + val),
                                 image_loader(image_locator(train + val), transform),
                                 mini_backbone(encoder), transform.config, progress=False)
-    return {"root": root, "encoder": encoder, "table": feature_table(cache), "val": val,
+    return {"root": root, "encoder": encoder, "table": features_by_name(cache), "val": val,
             "data": TrainingData.from_splits(train),
             "texts": [q.text for s in train for q in s]}
 
@@ -259,7 +259,7 @@ def test_blip2_model_stores_no_visual_encoder_and_refuses_a_tampered_source(tmp_
 
 def test_blip2_checkpoint_stores_no_visual_encoder(tmp_path):
     pytest.importorskip("transformers")
-    from qure.evaluation import FeatureTable
+    from qure.evaluation import FeaturesByName
     from tests.test_blip2_vitl import pixels, tiny_model
 
     names = [f"img{i}" for i in range(6)]
@@ -271,7 +271,7 @@ def test_blip2_checkpoint_stores_no_visual_encoder(tmp_path):
                         torch.zeros(8, dtype=torch.long), names,
                         torch.zeros(6, dtype=torch.long), ["toy"], ["toy/train"] * 8)
     model = tiny_model(seed=1)
-    table = FeatureTable(names, model.frozen_features(pixels(6)))
+    table = FeaturesByName(names, model.frozen_features(pixels(6)))
     config = TrainConfig(epochs=1, batch_size=4, n_def=1, lr=1e-4, seed=0, snapshot_queries=0)
     Trainer(model, data, table, config, tmp_path / "run", progress=False).fit()
     state = stored(tmp_path / "run" / "checkpoint.pt")

@@ -9,7 +9,7 @@ from qure.models import PatchEncoder, PatchEncoderConfig
 from qure.models.feature_cache import build_feature_cache, image_loader
 from qure.models.preprocess import simple_transform
 from qure.stages.data import image_locator, load_splits, split_images, training_relevance
-from qure.stages.models import feature_table, mini_backbone
+from qure.stages.models import features_by_name, mini_backbone
 from qure.synthetic import synthesize
 from qure.synthetic.oracle import load_oracle
 from qure.training.data import TrainingData
@@ -37,7 +37,7 @@ def fiq_setup(tmp_path_factory):
                                 mini_backbone(encoder), transform.config, progress=False)
     data = TrainingData.from_splits(train)
     relevant = training_relevance(load_oracle(root / "fashioniq"), data)
-    return {"encoder": encoder, "table": feature_table(cache), "data": data, "val": val,
+    return {"encoder": encoder, "table": features_by_name(cache), "data": data, "val": val,
             "relevant": relevant, "texts": [q.text for s in train for q in s]}
 
 

@@ -20,7 +20,7 @@ from qure.cli import parse_pairs, reports_errors, setup_logging
 from qure.device import add_device_argument
 from qure.errors import ConfigError
 from qure.stages.data import TRAIN_SPLIT
-from qure.stages.pretrain import pretrain_qformer_step
+from qure.stages.pretrain_qformer import pretrain_qformer_step
 from qure.training.trainer import TrainConfig
 
 

@@ -1,6 +1,6 @@
 """Score benchmark splits with a backbone and compute each dataset's reference metrics.
 
-Everything starts from frozen image features (a :class:`FeatureTable`), exactly as the
+Everything starts from frozen image features (a :class:`FeaturesByName`), exactly as the
 trainer does, so evaluation during training and stand-alone evaluation agree.
 """
 
@@ -20,8 +20,10 @@ HEADLINE_METRIC = {"fashioniq": "average_recall", "cirr": "avg", "circo": "mAP@1
 
 
 @dataclass
-class FeatureTable:
-    """Frozen image features in memory: ``features[i]`` belongs to ``names[i]``."""
+class FeaturesByName:
+    """Frozen image features looked up by image name: ``features[i]`` belongs to
+    ``names[i]`` (rows of a :class:`~qure.models.feature_cache.FeatureCache`, the on-disk
+    cache, or of any tensor)."""
 
     names: list[str]
     features: torch.Tensor  # [n, P, C]
@@ -48,7 +50,7 @@ class FeatureTable:
 
 
 @torch.inference_mode()
-def encode_queries(backbone, table: FeatureTable, references: Sequence[str],
+def encode_queries(backbone, table: FeaturesByName, references: Sequence[str],
                    texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """[Q, D] query embeddings, batched."""
     device = backbone.temp.device
@@ -59,7 +61,7 @@ def encode_queries(backbone, table: FeatureTable, references: Sequence[str],
 
 
 @torch.inference_mode()
-def encode_gallery(backbone, table: FeatureTable, names: Sequence[str],
+def encode_gallery(backbone, table: FeaturesByName, names: Sequence[str],
                    batch_size: int = 256) -> torch.Tensor:
     """[N, T, D] per-token image embeddings, batched."""
     device = backbone.temp.device
@@ -69,7 +71,7 @@ def encode_gallery(backbone, table: FeatureTable, names: Sequence[str],
 
 
 @torch.inference_mode()
-def split_scores(backbone, table: FeatureTable, split: CIRSplit,
+def split_scores(backbone, table: FeaturesByName, split: CIRSplit,
                  batch_size: int = 256) -> torch.Tensor:
     """[Q, N] scores of a split's queries against its gallery (no temperature)."""
     queries = encode_queries(backbone, table, [q.reference for q in split],
@@ -105,7 +107,7 @@ def metrics_from_scores(scores: Mapping[str, torch.Tensor],
     raise ValueError(f"no metrics defined for dataset {dataset!r}")
 
 
-def evaluate(backbone, table: FeatureTable, splits: Sequence[CIRSplit],
+def evaluate(backbone, table: FeaturesByName, splits: Sequence[CIRSplit],
              batch_size: int = 256) -> dict[str, float]:
     """Score every split and return the dataset's metrics (see :func:`metrics_from_scores`)."""
     was_training = backbone.training

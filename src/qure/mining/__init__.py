@@ -81,13 +81,9 @@ from qure.mining.config import (
     validate_strategy_params,
 )
 from qure.mining.mine import hard_negative_sets, mine_chunks, mine_from_embeddings, mine_grouped
-from qure.mining.scoring import (
-    SCORE_BLOCK_ELEMENTS,
-    iter_max_token_scores,
-    max_sim_scores,
-    max_token_scores,
-)
+from qure.mining.scoring import iter_max_token_scores, max_token_scores
 from qure.mining.sets import HardNegativeSets
+from qure.scoring import SCORE_BLOCK_ELEMENTS, max_sim_scores
 
 __all__ = [
     "DEFAULT_FALLBACK",

@@ -41,9 +41,9 @@ import torch
 from torch import nn
 
 from qure.io import atomic_torch_save
-from qure.mining.scoring import max_sim_scores  # the one max-over-tokens scorer
+from qure.scoring import max_sim_scores  # the one max-over-tokens scorer
 
-# ``max_sim_scores`` lives in :mod:`qure.mining.scoring`, shared with the miner;
+# ``max_sim_scores`` lives in :mod:`qure.scoring`, shared with the miner;
 # ``qure.models.max_sim_scores`` and ``qure.models.interface.max_sim_scores`` still work.
 
 #: How many ``frozen`` payloads :func:`load_backbone` follows to reach the frozen weights.

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from qure.device import resolve_device
-from qure.evaluation import FeatureTable, encode_gallery, encode_queries
+from qure.evaluation import FeaturesByName, encode_gallery, encode_queries
 from qure.io import atomic_write_json
 from qure.mining import HardNegativeSets, mine_grouped
 from qure.stages.data import TRAIN_SPLIT, benchmark_oracle, load_splits, training_relevance
@@ -23,7 +23,7 @@ from qure.training.data import TrainingData
 log = logging.getLogger(__name__)
 
 
-def _training_scores(backbone: Any, table: FeatureTable, data: TrainingData,
+def _training_scores(backbone: Any, table: FeaturesByName, data: TrainingData,
                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     queries = encode_queries(backbone, table, data.references, data.texts, batch_size)
     corpus = encode_gallery(backbone, table, data.corpus, batch_size)

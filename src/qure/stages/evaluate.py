@@ -15,7 +15,13 @@ import torch
 from qure.data import HPFashionIQ
 from qure.data.text import blip_caption
 from qure.device import device_report, reset_peak_memory, resolve_device
-from qure.evaluation import HEADLINE_METRIC, FeatureTable, encode_gallery, encode_queries, evaluate
+from qure.evaluation import (
+    HEADLINE_METRIC,
+    FeaturesByName,
+    encode_gallery,
+    encode_queries,
+    evaluate,
+)
 from qure.io import atomic_write_json
 from qure.metrics import hp_preference_rates
 from qure.stages.data import VAL_SPLIT, hp_image_names, load_hp, load_splits, missing_report
@@ -62,7 +68,7 @@ def evaluate_step(benchmark: str, root: str | Path, run_dir: str | Path,
 
 
 @torch.inference_mode()
-def evaluate_hp(backbone: Any, table: FeatureTable, hp: HPFashionIQ,
+def evaluate_hp(backbone: Any, table: FeaturesByName, hp: HPFashionIQ,
                 batch_size: int = 256) -> dict[str, float | int]:
     """HP-FashionIQ preference rates: each set scores the mean of its five image scores
     (no temperature) for the query (reference image + ``blip_caption`` of the sentence)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from qure.evaluation import FeatureTable
+from qure.evaluation import FeaturesByName
 from qure.io import atomic_torch_save, read_json
 from qure.models import (
     MiniBlip2Backbone,
@@ -74,12 +74,12 @@ def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu", *,
     return backbone, summary
 
 
-def feature_table(cache: FeatureCache) -> FeatureTable:
+def features_by_name(cache: FeatureCache) -> FeaturesByName:
     """The cache as the trainer and evaluator read it (fp16 rows over the memory map)."""
-    return FeatureTable(list(cache.names), cache.as_tensor())
+    return FeaturesByName(list(cache.names), cache.as_tensor())
 
 
-def open_features(path: str | Path, backbone: Any) -> FeatureTable:
+def open_features(path: str | Path, backbone: Any) -> FeaturesByName:
     """A feature cache as a table, refused unless it came from ``backbone``'s frozen part."""
     cache = FeatureCache.open_for(path, backbone, FeatureCache.recorded_preprocess(path))
-    return feature_table(cache)
+    return features_by_name(cache)

@@ -27,7 +27,7 @@ from qure.stages.data import (
     training_relevance,
 )
 from qure.stages.models import (
-    feature_table,
+    features_by_name,
     load_encoder,
     load_pretrained,
     mini_backbone,
@@ -82,7 +82,7 @@ def train_step(dataset: str, root: str | Path, features: str | Path,
     discard_stale_checkpoint(out_dir, {"init": file_sha256(init) if init else None,
                                        "features": cache.fingerprint,
                                        "single_vector": single_vector})
-    table = feature_table(cache)
+    table = features_by_name(cache)
     data = TrainingData.from_splits(train_splits)
     oracle = benchmark_oracle(root)
     relevant = training_relevance(oracle, data) if oracle is not None else None

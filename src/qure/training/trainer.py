@@ -32,7 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from qure.data.base import CIRSplit
-from qure.evaluation import HEADLINE_METRIC, FeatureTable, encode_gallery, encode_queries, evaluate
+from qure.evaluation import (
+    HEADLINE_METRIC,
+    FeaturesByName,
+    encode_gallery,
+    encode_queries,
+    evaluate,
+)
 from qure.io import atomic_torch_save, atomic_write_text
 from qure.losses import info_nce, reward_loss
 from qure.mining import STRATEGIES, HardNegativeSets, mine_grouped
@@ -144,7 +150,7 @@ class Trainer:
     optimiser step (tests use it to simulate a crash).
     """
 
-    def __init__(self, backbone: torch.nn.Module, data: TrainingData, table: FeatureTable,
+    def __init__(self, backbone: torch.nn.Module, data: TrainingData, table: FeaturesByName,
                  config: TrainConfig, out_dir: str | Path, *,
                  val_splits: Sequence[CIRSplit] = (), relevant: torch.Tensor | None = None,
                  device: str | torch.device = "cpu",
