@@ -159,3 +159,16 @@ def test_real_rows_carry_missing_counts_and_their_distance_from_the_paper(tmp_pa
     synthetic = build_table("table2_fashioniq", [ReproducedRow(
         "QuRe", "mini", {"fashioniq": _eval(tmp_path, "s", values)}, "QuRe", "BLIP-2")])
     assert synthetic.rows[-1]["vs_paper"] == "not comparable (synthetic)"
+
+
+def test_the_same_figure_is_the_same_bytes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    digests = []
+    for run in ("a", "b"):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 0, 2])
+        paths = figures.save_figure(fig, tmp_path / run / "fig")
+        digests.append([p.read_bytes() for p in paths])
+    assert digests[0] == digests[1]
+    assert b"CreationDate" not in digests[0][1]

@@ -40,7 +40,9 @@ def save_figure(fig: Figure, prefix: str | Path) -> list[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
         os.close(fd)
         try:
-            fig.savefig(tmp, dpi=150, bbox_inches="tight")
+            # No creation date in the PDF: the same figure is the same bytes on every run.
+            metadata = {"CreationDate": None} if suffix == ".pdf" else None
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", metadata=metadata)
             os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
