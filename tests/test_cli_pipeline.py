@@ -71,6 +71,13 @@ def test_synthesize_pretrain_extract_train(tmp_path):
     cli(*evaluate, "--out", str(evaluation))
     result = json.loads(evaluation.read_text())
     assert result["metrics"] == summary["final"] and result["device"] == "cpu"
+    # Every number with its bootstrap interval, from the saved per-query ranks.
+    for key, value in result["metrics"].items():
+        point, low, high = result["intervals"][key]
+        assert point == value and low <= value <= high, key
+    assert any(high > low for _, low, high in result["intervals"].values())
+    assert len(result["per_query"]["ranks"]) == result["queries"]
+    assert result["bootstrap"]["resamples"] == 1000
     assert result["missing_images"]["total"] == {
         "queries": result["queries"], "queries_dropped": 0,
         "gallery_images": result["gallery_images"], "gallery_images_missing": 0}

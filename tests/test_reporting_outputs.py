@@ -172,3 +172,20 @@ def test_the_same_figure_is_the_same_bytes(tmp_path):
         digests.append([p.read_bytes() for p in paths])
     assert digests[0] == digests[1]
     assert b"CreationDate" not in digests[0][1]
+
+
+def test_reproduced_cells_carry_their_bootstrap_interval(tmp_path):
+    keys = paper_table("table3_cirr").column_keys
+    values = {k: 40.0 + i for i, k in enumerate(keys)}
+    path = tmp_path / "cirr.json"
+    path.write_text(json.dumps({"metrics": values, "profile": "synthetic", "split": "val",
+                                "intervals": {k: [v, v - 1.25, v + 2.5]
+                                              for k, v in values.items()}}))
+    table = build_table("table3_cirr", [ReproducedRow("QuRe", "mini", {"cirr": str(path)})])
+    parsed = list(csv.DictReader(io.StringIO(to_csv(table))))
+    first = keys[0]
+    assert parsed[-1][first] == "40.00"
+    assert (parsed[-1][f"{first}_low"], parsed[-1][f"{first}_high"]) == ("38.75", "42.50")
+    assert parsed[0][f"{first}_low"] == ""  # the paper's rows have none
+    assert "40.00 [38.75, 42.50]" in to_markdown(table)
+    assert "40.00 {\\scriptsize [38.75, 42.50]}" in to_latex(table)

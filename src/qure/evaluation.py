@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 
 from qure.data.base import CIRSplit
+from qure.intervals import per_query_records
 from qure.metrics import circo_metrics, cirr_metrics, fashioniq_metrics
 
 #: The single number each dataset's papers lead with (and model selection uses).
@@ -105,6 +107,40 @@ def metrics_from_scores(scores: Mapping[str, torch.Tensor],
     if dataset == "circo":
         return circo_metrics(scores[split.name], split.ground_truth_indices())
     raise ValueError(f"no metrics defined for dataset {dataset!r}")
+
+
+def records_from_scores(scores: Mapping[str, torch.Tensor],
+                        splits: Sequence[CIRSplit]) -> dict[str, Any]:
+    """The per-query records behind :func:`metrics_from_scores` (qure.intervals): the
+    same arguments go to the same metric code, so the bootstrap's point estimates are the
+    reported metrics."""
+    dataset = splits[0].dataset
+    if dataset == "fashioniq":
+        return per_query_records(
+            "fashioniq", {s.category: (scores[s.name], s.target_indices()) for s in splits},
+            query_ids={s.category: [q.query_id for q in s] for s in splits})
+    (split,) = splits
+    ids = [q.query_id for q in split]
+    if dataset == "cirr":
+        return per_query_records("cirr", scores[split.name], split.target_indices(),
+                                 split.reference_indices(), split.member_indices(),
+                                 query_ids=ids)
+    if dataset == "circo":
+        return per_query_records("circo", scores[split.name], split.ground_truth_indices(),
+                                 query_ids=ids)
+    raise ValueError(f"no per-query records defined for dataset {dataset!r}")
+
+
+def evaluate_with_records(backbone, table: FeaturesByName, splits: Sequence[CIRSplit],
+                          batch_size: int = 256) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`evaluate`, and the per-query records its metrics are made of."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        scores = {s.name: split_scores(backbone, table, s, batch_size) for s in splits}
+    finally:
+        backbone.train(was_training)
+    return metrics_from_scores(scores, splits), records_from_scores(scores, splits)
 
 
 def evaluate(backbone, table: FeaturesByName, splits: Sequence[CIRSplit],

@@ -142,6 +142,7 @@ def build_table(name: str, reproduced: Sequence[ReproducedRow]) -> Table:
     sources = column_benchmarks(paper)
     for spec in reproduced:
         values: dict[str, float] = {}
+        intervals: dict[str, tuple[float, float]] = {}
         profiles, splits = set(), []
         missing: dict[str, Mapping[str, Any]] = {}
         for key, benchmark in sources.items():
@@ -159,6 +160,9 @@ def build_table(name: str, reproduced: Sequence[ReproducedRow]) -> Table:
                 raise TableInputError(f"{path}: metric {key!r} = {value} is not a "
                                       "percentage in [0, 100]")
             values[key] = value
+            interval = (result.get("intervals") or {}).get(key)
+            if interval is not None:
+                intervals[key] = (float(interval[1]), float(interval[2]))
             profiles.add(str(result.get("profile")))
             split = f"{benchmark}:{result.get('split')}"
             if split not in splits:
@@ -172,7 +176,7 @@ def build_table(name: str, reproduced: Sequence[ReproducedRow]) -> Table:
                            "split": ", ".join(splits),
                            "missing_images": missing_note(missing),
                            "vs_paper": paper_difference(paper, spec, values, profile),
-                           **values})
+                           "intervals": intervals, **values})
     return table
 
 
@@ -184,13 +188,31 @@ def _fmt(value: Any, decimals: int) -> str:
     return str(value)
 
 
+def _bounds(row: Mapping[str, Any], key: str, decimals: int) -> list[str]:
+    low_high = (row.get("intervals") or {}).get(key)
+    return [_fmt(v, decimals) for v in low_high] if low_high else ["", ""]
+
+
+def _cell(row: Mapping[str, Any], key: str, decimals: int) -> str:
+    """The value, and its 95 % interval where the row has one: ``52.60 [51.10, 54.05]``."""
+    value = _fmt(row[key], decimals)
+    low, high = _bounds(row, key, decimals)
+    return f"{value} [{low}, {high}]" if low else value
+
+
 def to_csv(table: Table) -> str:
+    """One column per metric (the value) and ``<metric>_low`` / ``<metric>_high`` (its
+    95 % bootstrap interval over queries; empty for the paper's rows)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*META_COLUMNS, *table.metric_keys])
+    keys = table.metric_keys
+    writer.writerow([*META_COLUMNS, *keys,
+                     *(f"{k}_{side}" for k in keys for side in ("low", "high"))])
+    decimals = table.paper.decimals
     for row in table.rows:
         writer.writerow([row[c] for c in META_COLUMNS]
-                        + [_fmt(row[k], table.paper.decimals) for k in table.metric_keys])
+                        + [_fmt(row[k], decimals) for k in keys]
+                        + [b for k in keys for b in _bounds(row, k, decimals)])
     return buf.getvalue()
 
 
@@ -201,7 +223,9 @@ def _caption(table: Table) -> str:
             "data profile, backbone and split (synthetic rows use the mini backbone and "
             "are not comparable in absolute value), the queries and gallery images the "
             "missing-image policy left out, and on real data the largest difference from "
-            f"the paper's row of the same method (flagged over {PAPER_TOLERANCE:g} point).")
+            f"the paper's row of the same method (flagged over {PAPER_TOLERANCE:g} point). "
+            "Brackets: the 95 % percentile-bootstrap interval over queries (1,000 "
+            "resamples of the saved per-query ranks).")
 
 
 def to_markdown(table: Table) -> str:
@@ -212,7 +236,7 @@ def to_markdown(table: Table) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         cells = [row[c] for c in META_COLUMNS]
-        cells += [_fmt(row[k], table.paper.decimals) for k in table.metric_keys]
+        cells += [_cell(row, k, table.paper.decimals) for k in table.metric_keys]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -224,6 +248,12 @@ _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
 
 def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def _latex_cell(row: Mapping[str, Any], key: str, decimals: int) -> str:
+    low, high = _bounds(row, key, decimals)
+    value = _fmt(row[key], decimals)
+    return f"{value} {{\\scriptsize [{low}, {high}]}}" if low else value
 
 
 def to_latex(table: Table) -> str:
@@ -242,7 +272,7 @@ def to_latex(table: Table) -> str:
                        "this workflow}}}} \\\\")
         previous = row["source"]
         cells = [latex_escape(str(row[c])) for c in ("method", "backbone", "profile")]
-        cells += [_fmt(row[k], table.paper.decimals) for k in keys]
+        cells += [_latex_cell(row, k, table.paper.decimals) for k in keys]
         out.append(" & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     notes = [f"{row['method']} ({row['backbone']}): missing images {row['missing_images']}; "

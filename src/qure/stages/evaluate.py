@@ -20,8 +20,9 @@ from qure.evaluation import (
     FeaturesByName,
     encode_gallery,
     encode_queries,
-    evaluate,
+    evaluate_with_records,
 )
+from qure.intervals import bootstrap_intervals, per_query_records
 from qure.io import atomic_write_json
 from qure.metrics import hp_preference_rates
 from qure.stages.data import VAL_SPLIT, hp_image_names, load_hp, load_splits, missing_report
@@ -49,17 +50,18 @@ def evaluate_step(benchmark: str, root: str | Path, run_dir: str | Path,
     counts: dict[str, dict[str, int]] = {}
     if benchmark == "hp_fashioniq":
         hp = load_hp(root, hp_image_root, missing=missing, report=counts)
-        result.update(split="all", metrics=evaluate_hp(backbone, table, hp, batch_size),
-                      queries=len(hp.comparisons))
+        metrics, records = evaluate_hp(backbone, table, hp, batch_size, with_records=True)
+        result.update(split="all", metrics=metrics, queries=len(hp.comparisons))
     else:
         splits = load_splits(benchmark, root, VAL_SPLIT[benchmark], missing=missing,
                              report=counts)
-        result.update(split=VAL_SPLIT[benchmark],
-                      metrics=evaluate(backbone, table, splits, batch_size),
+        metrics, records = evaluate_with_records(backbone, table, splits, batch_size)
+        result.update(split=VAL_SPLIT[benchmark], metrics=metrics,
                       queries=sum(len(s) for s in splits),
                       gallery_images=sum(len(s.gallery.names) for s in splits))
         if benchmark in HEADLINE_METRIC:
             result["headline_metric"] = HEADLINE_METRIC[benchmark]
+    result.update(metric_intervals(benchmark, metrics, records))
     result["missing_images"] = missing_report(counts, missing)
     result.update(device_report(where))
     result["seconds"] = round(time.perf_counter() - started, 3)
@@ -67,11 +69,36 @@ def evaluate_step(benchmark: str, root: str | Path, run_dir: str | Path,
     return result
 
 
+#: The bootstrap behind every reproduced number's interval (recorded with it).
+BOOTSTRAP = {"method": "percentile bootstrap over queries (FashionIQ: within each "
+                       "category; HP-FashionIQ: over comparisons)",
+             "resamples": 1000, "level": 0.95, "seed": 0}
+
+
+def metric_intervals(benchmark: str, metrics: Mapping[str, Any],
+                     records: Mapping[str, Any]) -> dict[str, Any]:
+    """``intervals`` (metric -> [point, low, high]) for every real-valued metric, with
+    the ``bootstrap`` settings and the ``per_query`` records they were resampled from
+    (saved, so intervals and paired comparisons never need a re-run)."""
+    intervals = bootstrap_intervals(benchmark, records, n_resamples=BOOTSTRAP["resamples"],
+                                    level=BOOTSTRAP["level"], seed=BOOTSTRAP["seed"])
+    out: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        if isinstance(value, float) and key in intervals:
+            point, low, high = intervals[key]
+            if abs(point - value) > 1e-6 * max(1.0, abs(value)):
+                raise AssertionError(f"{benchmark} {key}: records give {point}, the metric "
+                                     f"is {value}; per-query records out of step")
+            out[key] = [float(value), float(low), float(high)]
+    return {"intervals": out, "bootstrap": dict(BOOTSTRAP), "per_query": dict(records)}
+
+
 @torch.inference_mode()
 def evaluate_hp(backbone: Any, table: FeaturesByName, hp: HPFashionIQ,
-                batch_size: int = 256) -> dict[str, float | int]:
+                batch_size: int = 256, *, with_records: bool = False) -> Any:
     """HP-FashionIQ preference rates: each set scores the mean of its five image scores
-    (no temperature) for the query (reference image + ``blip_caption`` of the sentence)."""
+    (no temperature) for the query (reference image + ``blip_caption`` of the sentence).
+    With ``with_records``, also the per-comparison records (qure.intervals)."""
     comparisons = hp.comparisons
     queries = encode_queries(backbone, table, [c.reference for c in comparisons],
                              [blip_caption(c.sentence) for c in comparisons], batch_size)
@@ -95,4 +122,8 @@ def evaluate_hp(backbone: Any, table: FeaturesByName, hp: HPFashionIQ,
     # Tables print percentages, like every other metric here.
     rates["preference_rate"] = 100.0 * float(rates["released_preference_ratio"])
     rates["symmetric_preference_rate"] = 100.0 * float(rates["symmetric_preference_ratio"])
-    return rates
+    if not with_records:
+        return rates
+    ids = [c.record for c in comparisons]
+    return rates, per_query_records("hp_fashioniq", set_scores[0], set_scores[1], preferred,
+                                    query_ids=ids)
