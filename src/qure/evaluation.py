@@ -134,22 +134,23 @@ def records_from_scores(scores: Mapping[str, torch.Tensor],
 def evaluate_with_records(backbone, table: FeaturesByName, splits: Sequence[CIRSplit],
                           batch_size: int = 256) -> tuple[dict[str, float], dict[str, Any]]:
     """:func:`evaluate`, and the per-query records its metrics are made of."""
+    scores = all_split_scores(backbone, table, splits, batch_size)
+    return metrics_from_scores(scores, splits), records_from_scores(scores, splits)
+
+
+def all_split_scores(backbone, table: FeaturesByName, splits: Sequence[CIRSplit],
+                     batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Every split's [Q, N] scores, by split name, with the backbone in eval mode (its
+    training mode restored afterwards)."""
     was_training = backbone.training
     backbone.eval()
     try:
-        scores = {s.name: split_scores(backbone, table, s, batch_size) for s in splits}
+        return {s.name: split_scores(backbone, table, s, batch_size) for s in splits}
     finally:
         backbone.train(was_training)
-    return metrics_from_scores(scores, splits), records_from_scores(scores, splits)
 
 
 def evaluate(backbone, table: FeaturesByName, splits: Sequence[CIRSplit],
              batch_size: int = 256) -> dict[str, float]:
     """Score every split and return the dataset's metrics (see :func:`metrics_from_scores`)."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        scores = {s.name: split_scores(backbone, table, s, batch_size) for s in splits}
-    finally:
-        backbone.train(was_training)
-    return metrics_from_scores(scores, splits)
+    return metrics_from_scores(all_split_scores(backbone, table, splits, batch_size), splits)

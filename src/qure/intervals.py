@@ -33,6 +33,7 @@ from qure.metrics import (
     CIRR_SUBSET_KS,
     FASHIONIQ_KS,
     circo_per_query,
+    fashioniq_summary,
     hp_preference_rates,
     hp_set_scores,
     subset_ranks,
@@ -213,17 +214,10 @@ def _metrics(dataset: str, records: Mapping[str, Any], units: Mapping[str, Mappi
              red: Mapping[str, Any]) -> dict[str, Any]:
     """The metric dict of :mod:`qure.metrics` (same keys, order and arithmetic)."""
     if dataset == "fashioniq":
-        ks, out = records["ks"], {}
-        per_k: dict[int, list] = {k: [] for k in ks}
-        for category, cols in units.items():
-            for k in ks:
-                out[f"{category}_R@{k}"] = value = red[category].mean(cols[f"R@{k}"]) * 100.0
-                per_k[k].append(value)
-        for k in ks:
-            out[f"average_R@{k}"] = sum(per_k[k]) / len(per_k[k])
-        if 10 in ks and 50 in ks:
-            out["average_recall"] = (out["average_R@10"] + out["average_R@50"]) / 2
-        return out
+        ks = records["ks"]
+        return fashioniq_summary({category: {k: red[category].mean(cols[f"R@{k}"]) * 100.0
+                                             for k in ks}
+                                  for category, cols in units.items()}, ks)
     cols, r = units[_QUERIES], red[_QUERIES]
     if dataset in ("cirr", "circo"):
         out = {name: r.mean(col) * 100.0 for name, col in cols.items()}

@@ -336,18 +336,28 @@ def fashioniq_metrics(per_category: Mapping[str, tuple[Array, Array]],
     if not per_category:
         raise ValueError("per_category is empty")
     ks = _check_ks(ks)
-    out: dict[str, float] = {}
-    per_k: dict[int, list[float]] = {k: [] for k in ks}
+    recalls: dict[str, dict[int, float]] = {}
     for category, (scores, target_index) in per_category.items():
         try:
             ranks = target_ranks(scores, target_index, chunk_size=chunk_size)
         except ValueError as err:
             raise ValueError(f"FashionIQ category {category!r}: {err}") from err
-        for k, value in recall_at_k(ranks, ks).items():
-            out[f"{category}_R@{k}"] = value
-            per_k[k].append(value)
+        recalls[category] = recall_at_k(ranks, ks)
+    return fashioniq_summary(recalls, ks)
+
+
+def fashioniq_summary(recalls: Mapping[str, Mapping[int, Any]],
+                      ks: Sequence[int]) -> dict[str, Any]:
+    """FashionIQ's reported keys from each category's recall@k (floats, or arrays of
+    bootstrap resamples): ``{category}_R@{k}``, the unweighted ``average_R@{k}`` over
+    categories and ``average_recall`` = (average_R@10 + average_R@50) / 2."""
+    out: dict[str, Any] = {}
+    for category, by_k in recalls.items():
+        for k in ks:
+            out[f"{category}_R@{k}"] = by_k[k]
     for k in ks:
-        out[f"average_R@{k}"] = sum(per_k[k]) / len(per_k[k])
+        values = [by_k[k] for by_k in recalls.values()]
+        out[f"average_R@{k}"] = sum(values) / len(values)
     if 10 in ks and 50 in ks:
         out["average_recall"] = (out["average_R@10"] + out["average_R@50"]) / 2
     return out

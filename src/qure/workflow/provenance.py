@@ -64,6 +64,23 @@ def imported_modules(root: Path, path: Path) -> set[str]:
     return set(_imports(root, path))
 
 
+def _imported_by(root: Path, node: ast.AST, package: str) -> set[str]:
+    """The absolute module names one ``import`` / ``from ... import`` statement imports
+    (relative imports resolved against ``package``); empty for any other node."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+        base = ".".join([*anchor, *([node.module] if node.module else [])])
+    else:
+        base = node.module or ""
+    # `from pkg import sub` imports the submodule when there is one.
+    return {base} | {f"{base}.{a.name}" for a in node.names
+                     if module_file(root, f"{base}.{a.name}")}
+
+
 @functools.lru_cache(maxsize=4096)
 def _imports(root: Path, path: Path) -> frozenset[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -76,18 +93,7 @@ def _imports(root: Path, path: Path) -> frozenset[str]:
             for child in node.orelse:
                 visit(child)
             return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, *([node.module] if node.module else [])])
-            else:
-                base = node.module or ""
-            found.add(base)
-            # `from pkg import sub` imports the submodule when there is one.
-            found.update(f"{base}.{a.name}" for a in node.names
-                         if module_file(root, f"{base}.{a.name}"))
+        found.update(_imported_by(root, node, package))
         # Imports are statements: only statement bodies are walked, not expressions.
         for field in _BODIES:
             for child in getattr(node, field, ()):
@@ -199,17 +205,8 @@ def module_level_imports(root: str | Path, path: Path) -> set[str]:
             elif isinstance(node, ast.Try):
                 visit(node.body + node.orelse + node.finalbody
                       + [s for h in node.handlers for s in h.body])
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                    base = ".".join([*anchor, *([node.module] if node.module else [])])
-                else:
-                    base = node.module or ""
-                found.add(base)
-                found.update(f"{base}.{a.name}" for a in node.names
-                             if module_file(root, f"{base}.{a.name}"))
+            else:
+                found.update(_imported_by(root, node, package))
 
     visit(tree.body)
     return {m for m in found if m.split(".")[0] == PROJECT_PACKAGE and module_file(root, m)}
